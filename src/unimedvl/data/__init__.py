@@ -1,0 +1,1 @@
+"""The ingest step and the data record (DESIGN section 4)."""

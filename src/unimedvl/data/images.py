@@ -1,0 +1,170 @@
+"""Safe image and path handling shared by every source adapter.
+
+Everything a user's file can do wrong becomes a `Rejected` with a stable reason code, never an
+exception that escapes the adapter.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageFile, UnidentifiedImageError
+
+from .schema import Image, Rejected
+
+# Decompression-bomb cap (pixels per image); overridden from params at ingest start.
+MAX_PIXELS = 64_000_000
+
+
+def set_max_pixels(n: int) -> None:
+    global MAX_PIXELS
+    MAX_PIXELS = int(n)
+    PILImage.MAX_IMAGE_PIXELS = int(n)
+
+
+def safe_path(root: Path, rel: str) -> Path:
+    """Resolve `rel` under `root`; reject absolute paths, `..` escapes and symlinks leaving root."""
+    if not rel or not str(rel).strip():
+        raise Rejected("missing_field", "the record names no image path")
+    rel = str(rel).strip()
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
+        raise Rejected("path_escape", f"image path {rel!r} is absolute; paths must be relative to the input folder")
+    root_real = Path(os.path.realpath(root))
+    candidate = root / rel
+    real = Path(os.path.realpath(candidate))
+    if real != root_real and root_real not in real.parents:
+        how = "through a symlink" if ".." not in Path(rel).parts else "with '..'"
+        raise Rejected("path_escape", f"image path {rel!r} leads outside the input folder {how}")
+    if not real.exists():
+        raise Rejected("missing_file", f"image file {rel!r} does not exist under the input folder")
+    return real
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise Rejected("unreadable", f"could not read {path.name}: {e.strerror or e}") from None
+    if not data:
+        raise Rejected("empty_file", f"{path.name} is zero bytes long")
+    return data
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """Decode an ordinary image file (PNG, JPEG, TIFF, BMP, ...) to uint8/uint16 grey or RGB."""
+    if not data:
+        raise Rejected("empty_file", f"{name} is zero bytes long")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise Rejected("image_too_large", f"{name} is {w}x{h} = {w * h:,} pixels, over the cap of {MAX_PIXELS:,}")
+                im.load()
+                arr = _to_array(im)
+    except Rejected:
+        raise
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as e:
+        raise Rejected("image_too_large", f"{name}: {e}") from None
+    except UnidentifiedImageError:
+        raise Rejected("not_an_image", f"{name} is not an image file (its content matches no image format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        msg = str(e)
+        if "truncated" in msg or "broken data stream" in msg or "image file is truncated" in msg:
+            raise Rejected("truncated_image", f"{name} is truncated: {msg}") from None
+        raise Rejected("truncated_image", f"{name} could not be decoded: {msg}") from None
+    return arr
+
+
+def _to_array(im: PILImage.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L"):
+        return np.asarray(im, dtype=np.uint16)
+    if im.mode in ("I", "F"):
+        return window(np.asarray(im, dtype=np.float64), keep16=True)
+    if im.mode == "L":
+        return np.asarray(im)
+    if im.mode in ("1", "P", "LA", "PA"):
+        im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "L")
+    if im.mode == "RGBA":
+        bg = PILImage.new("RGB", im.size, (0, 0, 0))
+        bg.paste(im, mask=im.getchannel("A"))
+        im = bg
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    arr = np.asarray(im)
+    if arr.ndim == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
+        return np.ascontiguousarray(arr[..., 0])  # grey stored as RGB: keep one channel
+    return arr
+
+
+def window(
+    values: np.ndarray,
+    center: float | None = None,
+    width: float | None = None,
+    *,
+    keep16: bool = False,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> np.ndarray:
+    """Map raw intensities (CT HU, MR signal, 12-16-bit X-ray) to uint8, or uint16 when `keep16`.
+
+    Uses the DICOM window when given, else robust percentiles, so a few hot pixels do not flatten
+    the contrast of the whole image.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        lo, hi = 0.0, 1.0
+    elif center is not None and width is not None and width > 1:
+        lo, hi = center - width / 2.0, center + width / 2.0
+    else:
+        lo, hi = np.percentile(finite, percentiles)
+    if hi <= lo:
+        hi = lo + 1.0
+    scaled = np.clip((np.nan_to_num(v, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
+    if keep16:
+        return np.round(scaled * 65535).astype(np.uint16)
+    return np.round(scaled * 255).astype(np.uint8)
+
+
+def encode_png(arr: np.ndarray, path: str = "") -> Image:
+    """Encode uint8 grey/RGB or uint16 grey as PNG. Deterministic: no timestamps, fixed settings."""
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype == np.uint16:
+        if arr.ndim != 2:
+            arr = arr[..., 0]
+        im = PILImage.fromarray(arr)  # 2-D uint16 -> mode I;16 -> 16-bit grey PNG
+    elif arr.dtype == np.uint8:
+        im = PILImage.fromarray(arr)
+    else:
+        raise TypeError(f"encode_png takes uint8 or uint16, got {arr.dtype}")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=6)
+    h, w = arr.shape[:2]
+    return Image(png=buf.getvalue(), height=int(h), width=int(w), path=path)
+
+
+def resize_max_side(arr: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscale so the longer side is at most `max_side` (0 = keep); keeps dtype."""
+    h, w = arr.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return arr
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if arr.dtype == np.uint16:
+        im = PILImage.fromarray(arr.astype(np.float32), mode="F").resize(size, PILImage.Resampling.BILINEAR)
+        return np.clip(np.asarray(im), 0, 65535).round().astype(np.uint16)
+    return np.asarray(PILImage.fromarray(arr).resize(size, PILImage.Resampling.BILINEAR))
+
+
+def load_image_file(root: Path, rel: str, max_side: int = 0) -> Image:
+    """Safe path + read + decode + optional downscale + PNG: the common path of every adapter."""
+    path = safe_path(root, rel)
+    arr = decode_image(read_bytes(path), name=rel)
+    return encode_png(resize_max_side(arr, max_side), path=rel)

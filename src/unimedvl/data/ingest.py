@@ -1,0 +1,134 @@
+"""The ingest step: run source adapters, de-identify, write shards, manifest and quarantine."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..config import IngestConfig, SourceSpec
+from . import images
+from .privacy import Keyed, load_key
+from .schema import Quarantine, Record, Rejected
+from .shards import DatasetWriter
+from .sources import get_source
+from .sources.base import Context
+
+
+class IngestError(RuntimeError):
+    """A problem with the command itself (not with a user's file): a clear message, exit non-zero."""
+
+
+@dataclass
+class IngestResult:
+    manifest: dict[str, Any]
+    seconds: float
+
+
+def resolve_specs(specs: list[SourceSpec]) -> list[tuple[Any, SourceSpec]]:
+    resolved = []
+    for spec in specs:
+        module = get_source(spec.name)
+        if module.NEEDS_INPUT:
+            if not spec.input:
+                raise IngestError(f"--source {spec.name} needs an --input folder (the dataset as distributed)")
+            if not Path(spec.input).exists():
+                raise IngestError(f"--input {spec.input} for --source {spec.name} does not exist")
+        resolved.append((module, spec))
+    return resolved
+
+
+def ingest(
+    specs: list[SourceSpec],
+    output: Path,
+    cfg: IngestConfig,
+    *,
+    key: bytes | None = None,
+    console: Console | None = None,
+) -> IngestResult:
+    """Ingest every source into one data set at `output`. Library entry of CLI, DVC and KFP."""
+    console = console or Console(stderr=True)
+    resolved = resolve_specs(specs)
+    images.set_max_pixels(cfg.max_pixels)
+    keyed = Keyed(key if key is not None else load_key())
+    writer = DatasetWriter(Path(output), step="ingest", shard_max_mb=cfg.shard_max_mb)
+    start = time.perf_counter()
+    with Progress(
+        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[quarantined]} quarantined"), TimeElapsedColumn(),
+        console=console, transient=False, disable=not console.is_terminal,
+    ) as progress:
+        for module, spec in resolved:
+            ctx = Context(source=spec.name, keyed=keyed, cfg=cfg)
+            root = Path(spec.input) if spec.input else None
+            total = module.count(root, ctx) if hasattr(module, "count") else None
+            task = progress.add_task(spec.name, total=total, quarantined=0)
+            counts = writer.source(spec.name)
+            for item in _guarded(module, root, ctx):
+                writer.add(spec.name, item)
+                progress.update(task, advance=1, quarantined=counts.quarantined)
+            if not console.is_terminal:
+                console.print(f"ingest {spec.name}: {counts.accepted} accepted, {counts.quarantined} quarantined")
+    manifest = writer.close(extra={"sources": [{"name": s.name} for _, s in resolved]})
+    elapsed = time.perf_counter() - start
+    summary = render_summary(manifest, elapsed)
+    (Path(output) / "summary.txt").write_text(_plain(summary))
+    console.print(summary)
+    if manifest["accepted"] == 0:
+        raise IngestError(
+            f"nothing could be read: all {manifest['seen']} items were quarantined "
+            f"(see {Path(output) / 'quarantine.jsonl'} for the reason of each)"
+            if manifest["seen"]
+            else "nothing could be read: the inputs hold no items this source recognises "
+            "(check --source matches the dataset layout; `unimedvl ingest --help` lists the layouts)"
+        )
+    return IngestResult(manifest=manifest, seconds=elapsed)
+
+
+def _guarded(module: Any, root: Path | None, ctx: Context):
+    """Run an adapter so that one bad item never stops the run and nothing escapes as a traceback."""
+    it = module.read(root, ctx)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except Rejected as e:  # an adapter that raises instead of yielding: the source as a whole failed
+            yield ctx.rejected(str(root or ctx.source), e)
+            return
+        except Exception as e:  # noqa: BLE001 - a bug must not lose the items already read
+            yield ctx.reject(str(root or ctx.source), "unreadable", f"the adapter stopped: {type(e).__name__}: {e}")
+            print(f"unimedvl: source {ctx.source} stopped early on an unexpected error: {e!r}", file=sys.stderr)
+            return
+        if not isinstance(item, Record | Quarantine):
+            raise TypeError(f"source {ctx.source} yielded {type(item).__name__}")
+        yield item
+
+
+def render_summary(m: dict[str, Any], seconds: float) -> Table:
+    table = Table(title=f"ingest: {m['accepted']} accepted, {m['quarantined']} quarantined of {m['seen']} seen "
+                  f"({m['images']} images, {seconds:.1f} s)", show_lines=False)
+    table.add_column("group")
+    table.add_column("name")
+    table.add_column("count", justify="right")
+    for name, c in m["by_source"].items():
+        table.add_row("source", name, f"{c['accepted']} / {c['seen']} ({c['quarantined']} quarantined)")
+    for group in ("by_task", "by_modality", "by_split", "by_lang", "quarantine_reasons"):
+        for name, n in m[group].items():
+            table.add_row(group.removeprefix("by_").replace("_", " "), name, str(n))
+    for mod, splits in m["subjects"].items():
+        table.add_row("subjects", mod, ", ".join(f"{s} {n}" for s, n in splits.items()))
+    return table
+
+
+def _plain(renderable: Any) -> str:
+    console = Console(width=100, record=True, file=io.StringIO(), color_system=None)
+    console.print(renderable)
+    return console.export_text()

@@ -1,0 +1,232 @@
+"""De-identification at ingest: keyed pseudonyms, DICOM header scrubbing, report-text scrubbing.
+
+Every pseudonym, record id, UID remap and date shift is an HMAC-SHA256 under a secret key that
+lives outside the repository. An unkeyed hash would be reversible for guessable identifiers (MRNs
+are short sequential numbers), so there is deliberately no fallback constant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KEY_ENV = "UNIMEDVL_SECRET_KEY"  # hex or any string
+KEY_FILE_ENV = "UNIMEDVL_SECRET_FILE"
+DEFAULT_KEY_FILE = Path("~/.config/unimedvl/secret.key")
+
+
+def load_key() -> bytes:
+    """The de-identification key: $UNIMEDVL_SECRET_KEY, else the key file (created on first use)."""
+    if value := os.environ.get(KEY_ENV):
+        return value.encode()
+    path = Path(os.environ.get(KEY_FILE_ENV) or DEFAULT_KEY_FILE).expanduser()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        print(
+            f"unimedvl: created a new de-identification key at {path} (keep it secret and back it up:"
+            f" pseudonyms and ids are derived from it; set {KEY_FILE_ENV} or {KEY_ENV} to use another)",
+            file=sys.stderr,
+        )
+    return path.read_text().strip().encode()
+
+
+@dataclass
+class Keyed:
+    """Keyed hashing for one ingest run."""
+
+    key: bytes
+
+    def digest(self, *parts: str) -> bytes:
+        return hmac.new(self.key, "\x1f".join(parts).encode(), hashlib.sha256).digest()
+
+    def token(self, *parts: str, length: int = 16) -> str:
+        return self.digest(*parts).hex()[:length]
+
+    def record_id(self, source: str, source_id: str) -> str:
+        return self.token("record", source, source_id, length=24)
+
+    def patient_key(self, source: str, patient: str) -> str:
+        return "pt-" + self.token("patient", source, patient, length=16)
+
+    def uid(self, original: str) -> str:
+        # "2.25." + a 128-bit integer is the DICOM-sanctioned form of a UUID-derived UID (PS3.5 B.2).
+        return "2.25." + str(int.from_bytes(self.digest("uid", original)[:16], "big"))
+
+    def date_shift_days(self, patient: str) -> int:
+        # Shift back by 1..3650 days; one shift per patient keeps intervals between studies intact.
+        return -(1 + int.from_bytes(self.digest("dateshift", patient)[:4], "big") % 3650)
+
+    def fraction(self, *parts: str) -> float:
+        """A deterministic number in [0, 1) derived from `parts`; used for splits."""
+        return int.from_bytes(self.digest("fraction", *parts)[:8], "big") / 2**64
+
+
+def split_for(keyed: Keyed, group: str, fractions: dict[str, float]) -> str:
+    """Deterministic split for a patient/volume/report group, so one group never straddles splits."""
+    total = sum(fractions.values())
+    x = keyed.fraction("split", group) * total
+    for name in ("train", "val", "test"):
+        x -= fractions.get(name, 0.0)
+        if x < 0:
+            return name
+    return "train"
+
+
+# --- report text -----------------------------------------------------------------------------------
+
+_MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+TEXT_PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
+    ("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"), "[EMAIL]"),
+    (
+        "date",
+        re.compile(
+            r"\b(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}"
+            rf"|\d{{1,2}}\s+{_MONTHS}\s+\d{{2,4}}|{_MONTHS}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}})\b",
+            re.IGNORECASE,
+        ),
+        "[DATE]",
+    ),
+    (
+        "phone",
+        re.compile(r"(?<!\w)(?:\+?\d{1,2}[\s.-])?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}\b"),
+        "[PHONE]",
+    ),
+    (
+        "person_name",
+        re.compile(r"\b(?:Dr|Doctor|Mr|Mrs|Ms|Prof)\.?\s+[A-Z][a-zA-Z'-]+(?:\s+[A-Z][a-zA-Z'-]+)?"),
+        "[NAME]",
+    ),
+    (
+        "id_number",
+        # Labelled IDs ("MRN: 1234"), and any run of 6+ digits, also glued to a short upper-case
+        # prefix as in "MRN98765432" or "ACC55501234" (file and folder names carry them that way).
+        re.compile(
+            r"(?<![A-Za-z0-9])(?:MRN|ID|Acc(?:ession)?|No|#)[:#.\s]*[A-Z]{0,3}\d{4,}(?!\d)"
+            r"|(?<![\d.])[A-Z]{0,4}\d{6,}(?![\d.])"
+        ),
+        "[ID]",
+    ),
+]
+
+
+def scrub_text(text: str) -> tuple[str, list[str]]:
+    """Replace dates, phone numbers, e-mail addresses, ID-like numbers and titled names."""
+    touched: list[str] = []
+    for name, pattern, replacement in TEXT_PATTERNS:
+        text, n = pattern.subn(replacement, text)
+        if n:
+            touched.append(f"text:{name}")
+    return text, touched
+
+
+def scrub_path(rel_path: str, extra_identifiers: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """Scrub path components that carry names or IDs (e.g. `Smith_John/12345678/img.dcm`)."""
+    touched: list[str] = []
+    parts = []
+    for part in Path(rel_path).as_posix().split("/"):
+        new, t = scrub_text(part)
+        for ident in extra_identifiers:
+            if ident and len(ident) >= 3 and ident.lower() in new.lower():
+                new = re.sub(re.escape(ident), "[ID]", new, flags=re.IGNORECASE)
+                t.append("path:identifier")
+        parts.append(new)
+        touched += [x.replace("text:", "path:") for x in t]
+    return "/".join(parts), sorted(set(touched))
+
+
+# --- DICOM headers (PS3.15 Annex E, Basic Application Level Confidentiality Profile) ------------
+
+# Attributes the basic profile removes or empties (keywords). Kept as a list here, not scattered,
+# so a reviewer can hold it against the standard's table E.1-1.
+DICOM_REMOVE = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientAddress",
+    "PatientTelephoneNumbers", "PatientMotherBirthName", "OtherPatientIDs", "OtherPatientNames",
+    "OtherPatientIDsSequence", "PatientBirthName", "MilitaryRank", "BranchOfService",
+    "MedicalRecordLocator", "EthnicGroup", "Occupation", "AdditionalPatientHistory",
+    "PatientComments", "PatientInsurancePlanCodeSequence", "PatientReligiousPreference",
+    "ResponsiblePerson", "ResponsibleOrganization", "CountryOfResidence", "RegionOfResidence",
+    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "InstitutionCodeSequence",
+    "ReferringPhysicianName", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
+    "ReferringPhysicianIdentificationSequence", "PhysiciansOfRecord", "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy", "OperatorsName", "RequestingPhysician", "ScheduledPerformingPhysicianName",
+    "AccessionNumber", "StudyID", "RequestedProcedureID", "PerformedProcedureStepID",
+    "ScheduledProcedureStepID", "AdmissionID", "IssuerOfPatientID", "StationName", "DeviceSerialNumber",
+    "PlateID", "CassetteID", "DetectorID", "ProtocolName", "StudyDescription", "SeriesDescription",
+    "RequestAttributesSequence", "ImageComments", "RequestedProcedureDescription",
+    "PerformedProcedureStepDescription", "AcquisitionComments", "ContentCreatorName",
+    "TextComments", "TextString", "FrameComments", "DerivationDescription", "PatientState",
+    "ReasonForStudy", "RequestingService", "CurrentPatientLocation", "PatientInstitutionResidence",
+    "ReasonForTheRequestedProcedure", "ServiceEpisodeID", "VisitComments", "InterpretationText",
+)
+# Everything with VR UI except the class UIDs (which identify the kind of object, not the person).
+_UID_KEEP = {"SOPClassUID", "MediaStorageSOPClassUID", "TransferSyntaxUID", "ReferencedSOPClassUID",
+             "ImplementationClassUID", "CodingSchemeUID", "ContextGroupExtensionCreatorUID"}
+
+
+@dataclass
+class DicomScrub:
+    keyed: Keyed
+    touched: list[str] = field(default_factory=list)
+
+    def __call__(self, ds, patient: str) -> list[str]:  # ds: pydicom.Dataset
+        """Scrub `ds` in place; returns what was touched. `patient` keys the date shift."""
+        from pydicom.dataset import Dataset  # noqa: F401  (imported for the type only)
+
+        touched: set[str] = set()
+        shift = self.keyed.date_shift_days(patient)
+
+        def walk(d) -> None:
+            for elem in list(d):
+                kw = elem.keyword
+                if elem.tag.is_private:
+                    del d[elem.tag]
+                    touched.add("dicom:private_tags")
+                    continue
+                if kw in DICOM_REMOVE:
+                    del d[elem.tag]
+                    touched.add(f"dicom:{kw}")
+                elif elem.VR == "SQ":
+                    for item in elem.value:
+                        walk(item)
+                elif elem.VR == "UI" and kw not in _UID_KEEP and elem.value:
+                    vals = elem.value if elem.VM > 1 else [elem.value]
+                    new = [self.keyed.uid(str(v)) for v in vals]
+                    elem.value = new if elem.VM > 1 else new[0]
+                    touched.add("dicom:uids")
+                elif elem.VR in ("DA", "DT") and elem.value:
+                    elem.value = _shift_date(str(elem.value), shift, elem.VR)
+                    touched.add("dicom:dates")
+                elif elem.VR == "PN" and elem.value:
+                    del d[elem.tag]
+                    touched.add(f"dicom:{kw or 'person_name'}")
+                elif elem.VR in ("LO", "LT", "ST", "UT", "SH") and isinstance(elem.value, str) and elem.value:
+                    cleaned, t = scrub_text(elem.value)
+                    if t:
+                        elem.value = cleaned
+                        touched.add(f"dicom:{kw}")
+
+        walk(ds)
+        if hasattr(ds, "file_meta") and "MediaStorageSOPInstanceUID" in ds.file_meta:
+            ds.file_meta.MediaStorageSOPInstanceUID = self.keyed.uid(str(ds.file_meta.MediaStorageSOPInstanceUID))
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = "PS3.15 E.1 basic profile; UIDs remapped; dates shifted per patient"
+        return sorted(touched)
+
+
+def _shift_date(value: str, days: int, vr: str) -> str:
+    digits = value.strip()
+    try:
+        d = dt.datetime.strptime(digits[:8], "%Y%m%d") + dt.timedelta(days=days)
+    except ValueError:
+        return ""  # an unparsable date is emptied rather than kept
+    return d.strftime("%Y%m%d") + (digits[8:] if vr == "DT" else "")

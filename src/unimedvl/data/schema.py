@@ -1,0 +1,223 @@
+"""The record every step reads and writes, and the one quarantine schema every step uses.
+
+The record follows UniMedVL's training JSONL schema (`main_task_type`, `sub_task_type`, `modality`,
+`dataset`, `input_img`, `output_img`, `message`) so data already in that schema ingests as-is, plus
+the fields the platform needs for accounting and privacy (`id`, `split`, `license`, `source_uri`,
+`patient_key`, `phi_removed`, `labels`, `lang`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+SPLITS = ("train", "val", "test")
+
+# main task type -> its sub task types (DESIGN section 4).
+TASKS: dict[str, tuple[str, ...]] = {
+    "understanding": ("vqa_closed", "vqa_open", "report", "caption"),
+    "generation": ("t2i",),
+    "interleaved": ("edit", "counterfactual", "super_resolution", "cross_modal", "reconstruction"),
+    # `report_structure`: report text re-cast as "findings -> impression" (no image).
+    "text_only": ("text_only", "report_structure"),
+}
+SUB_TO_MAIN = {sub: main for main, subs in TASKS.items() for sub in subs}
+
+# Normalised modality vocabulary. Adapters map whatever a source calls it onto these.
+MODALITIES = (
+    "xray",  # CR / DX / projection radiography
+    "ct",
+    "mri",
+    "ultrasound",
+    "nuclear",  # NM / PT
+    "angiography",  # XA
+    "fundus",  # OP, colour fundus photography
+    "histology",  # SM, pathology, IHC
+    "endoscopy",
+    "dermatology",
+    "oct",
+    "other",
+    "none",  # text-only records
+)
+
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class Image:
+    """One embedded image: PNG bytes (8- or 16-bit grey, or 8-bit RGB) and its size."""
+
+    png: bytes
+    height: int
+    width: int
+    path: str = ""  # where it came from, relative to the input root (scrubbed of names/IDs)
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "human" | "gpt"
+    value: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"from": self.role, "value": self.value}
+
+
+@dataclass
+class Record:
+    id: str
+    dataset: str
+    modality: str
+    main_task_type: str
+    sub_task_type: str
+    split: str
+    lang: str
+    license: str
+    source_uri: str
+    patient_key: str
+    message: list[Turn]
+    input_img: list[Image] = field(default_factory=list)
+    output_img: list[Image] = field(default_factory=list)
+    phi_removed: list[str] = field(default_factory=list)
+    labels: dict[str, Any] | None = None
+
+    def problems(self) -> list[str]:
+        """Structural problems that make a record unusable (empty list when it is well formed)."""
+        out = []
+        if self.split not in SPLITS:
+            out.append(f"split {self.split!r} is not one of {SPLITS}")
+        if SUB_TO_MAIN.get(self.sub_task_type) != self.main_task_type:
+            out.append(f"task {self.main_task_type}/{self.sub_task_type} is not a known pair")
+        if self.modality not in MODALITIES:
+            out.append(f"modality {self.modality!r} is not one of {MODALITIES}")
+        if not self.message:
+            out.append("message has no turns")
+        placeholders = sum(t.value.count(IMAGE_TOKEN) for t in self.message)
+        if placeholders != len(self.input_img):
+            out.append(f"{placeholders} {IMAGE_TOKEN} placeholders for {len(self.input_img)} input images")
+        return out
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "dataset": self.dataset,
+            "modality": self.modality,
+            "main_task_type": self.main_task_type,
+            "sub_task_type": self.sub_task_type,
+            "split": self.split,
+            "lang": self.lang,
+            "license": self.license,
+            "source_uri": self.source_uri,
+            "patient_key": self.patient_key,
+            "phi_removed": sorted(set(self.phi_removed)),
+            "labels": None if self.labels is None else json.dumps(self.labels, sort_keys=True),
+            "message": [t.to_json() for t in self.message],
+            "input_img": [_image_row(i) for i in self.input_img],
+            "output_img": [_image_row(i) for i in self.output_img],
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Record:
+        return cls(
+            id=row["id"],
+            dataset=row["dataset"],
+            modality=row["modality"],
+            main_task_type=row["main_task_type"],
+            sub_task_type=row["sub_task_type"],
+            split=row["split"],
+            lang=row["lang"],
+            license=row["license"],
+            source_uri=row["source_uri"],
+            patient_key=row["patient_key"],
+            phi_removed=list(row["phi_removed"] or []),
+            labels=None if row["labels"] is None else json.loads(row["labels"]),
+            message=[Turn(t["from"], t["value"]) for t in row["message"]],
+            input_img=[Image(i["bytes"], i["height"], i["width"], i["path"]) for i in row["input_img"]],
+            output_img=[Image(i["bytes"], i["height"], i["width"], i["path"]) for i in row["output_img"]],
+        )
+
+
+def _image_row(img: Image) -> dict[str, Any]:
+    return {"path": img.path, "height": img.height, "width": img.width, "bytes": img.png}
+
+
+IMAGE_TYPE = pa.struct(
+    [("path", pa.string()), ("height", pa.int32()), ("width", pa.int32()), ("bytes", pa.binary())]
+)
+TURN_TYPE = pa.struct([("from", pa.string()), ("value", pa.string())])
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("dataset", pa.string()),
+        ("modality", pa.string()),
+        ("main_task_type", pa.string()),
+        ("sub_task_type", pa.string()),
+        ("split", pa.string()),
+        ("lang", pa.string()),
+        ("license", pa.string()),
+        ("source_uri", pa.string()),
+        ("patient_key", pa.string()),
+        ("phi_removed", pa.list_(pa.string())),
+        ("labels", pa.string()),  # JSON ground truth, null where the source has none
+        ("message", pa.list_(TURN_TYPE)),
+        ("input_img", pa.list_(IMAGE_TYPE)),
+        ("output_img", pa.list_(IMAGE_TYPE)),
+    ]
+)
+
+
+# --- quarantine -----------------------------------------------------------------------------------
+
+# Stable reason codes. Every step uses these (and may add its own); tests and reports key on them.
+REASONS = {
+    "missing_file": "a file the source refers to does not exist",
+    "empty_file": "the file is zero bytes long",
+    "truncated_image": "the image file ends before its data does",
+    "not_an_image": "the file is not an image in any format we read, whatever its extension",
+    "image_too_large": "the image has more pixels than the decompression-bomb cap",
+    "no_pixel_data": "the DICOM object carries no pixel data",
+    "unsupported_transfer_syntax": "no installed decoder handles this DICOM transfer syntax",
+    "burned_in_annotation": "the DICOM says text is burned into the pixels (BurnedInAnnotation=YES)",
+    "modality_not_allowed": "the modality is not on the clinical allow-list",
+    "duplicate_encoding": "the same image already came in through another transfer syntax",
+    "malformed_json": "a JSON/JSONL document or line could not be parsed",
+    "malformed_csv": "a CSV/TSV row could not be parsed",
+    "invalid_encoding": "text is not valid UTF-8",
+    "missing_field": "a required field is absent or empty",
+    "invalid_value": "a field has a value outside its allowed set",
+    "path_escape": "an image path points outside the input folder",
+    "unreadable": "the file could not be read",
+}
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """One rejected item. `item` is what was read, relative to the input root."""
+
+    step: str
+    source: str
+    item: str
+    reason: str
+    detail: str
+    id: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> Quarantine:
+        return cls(**json.loads(line))
+
+
+class Rejected(Exception):
+    """Raised inside an adapter for an item that must go to quarantine (never a traceback)."""
+
+    def __init__(self, reason: str, detail: str):
+        if reason not in REASONS:
+            raise ValueError(f"unknown quarantine reason {reason!r}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,133 @@
+"""What every source adapter gets (a `Context`) and what it yields (records or quarantine items)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ...config import IngestConfig
+from ..privacy import Keyed, scrub_path, scrub_text, split_for
+from ..schema import SPLITS, SUB_TO_MAIN, Image, Quarantine, Record, Rejected, Turn
+
+Item = Record | Quarantine
+
+
+class Source(Protocol):
+    """A source module exposes NAME, NEEDS_INPUT and `read(root, ctx)`."""
+
+    NAME: str
+    NEEDS_INPUT: bool
+
+    def read(self, root: Path | None, ctx: Context) -> Iterator[Item]: ...
+
+
+# Split names as public datasets spell them -> ours.
+SPLIT_ALIASES = {
+    "train": "train", "training": "train", "trn": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val", "validate": "val",
+    "test": "test", "testing": "test", "tst": "test",
+}
+
+
+@dataclass
+class Context:
+    source: str
+    keyed: Keyed
+    cfg: IngestConfig
+    step: str = "ingest"
+    _seen_ids: set[str] = field(default_factory=set)
+
+    # --- quarantine ---------------------------------------------------------------------------
+    def reject(self, item: str, reason: str, detail: str, source_id: str | None = None) -> Quarantine:
+        safe_item, _ = scrub_path(str(item))
+        safe_detail, _ = scrub_text(detail)
+        rid = self.keyed.record_id(self.source, source_id) if source_id is not None else None
+        return Quarantine(step=self.step, source=self.source, item=safe_item, reason=reason,
+                          detail=safe_detail, id=rid)
+
+    def rejected(self, item: str, err: Rejected, source_id: str | None = None) -> Quarantine:
+        return self.reject(item, err.reason, err.detail, source_id)
+
+    # --- splits -------------------------------------------------------------------------------
+    def split_of(self, group: str) -> str:
+        """Deterministic split for a patient / volume / report group of this source."""
+        return split_for(self.keyed, f"{self.source}/{group}", self.cfg.split_fractions)
+
+    @staticmethod
+    def normalise_split(value: Any) -> str | None:
+        return SPLIT_ALIASES.get(str(value).strip().lower()) if value is not None else None
+
+    # --- records ------------------------------------------------------------------------------
+    def record(
+        self,
+        *,
+        source_id: str,
+        patient: str,
+        sub_task: str,
+        modality: str,
+        license: str,
+        source_uri: str,
+        message: list[tuple[str, str]],
+        input_img: list[Image] = (),  # type: ignore[assignment]
+        output_img: list[Image] = (),  # type: ignore[assignment]
+        split: str | None = None,
+        lang: str = "en",
+        labels: dict[str, Any] | None = None,
+        dataset: str | None = None,
+        phi_removed: list[str] = (),  # type: ignore[assignment]
+        scrub: bool = True,
+    ) -> Record:
+        """Build a record: keyed id and pseudonym, split by patient group, text and path scrubbed.
+
+        Raises `Rejected` when a field is missing or out of its set, so the caller quarantines it.
+        """
+        if sub_task not in SUB_TO_MAIN:
+            raise Rejected("invalid_value", f"task {sub_task!r} is not one of {sorted(SUB_TO_MAIN)}")
+        if split is not None and split not in SPLITS:
+            raise Rejected("invalid_value", f"split {split!r} is not one of {SPLITS}")
+        touched = list(phi_removed)
+        turns = []
+        for role, value in message:
+            if value is None or not str(value).strip():
+                raise Rejected("missing_field", f"the {'question' if role == 'human' else 'answer'} text is empty")
+            text = str(value)
+            if scrub:
+                text, t = scrub_text(text)
+                touched += t
+            turns.append(Turn(role, text))
+        uri, t = scrub_path(source_uri)
+        touched += t
+        rec = Record(
+            id=self.keyed.record_id(self.source, source_id),
+            dataset=dataset or self.source,
+            modality=modality,
+            main_task_type=SUB_TO_MAIN[sub_task],
+            sub_task_type=sub_task,
+            split=split or self.split_of(patient),
+            lang=lang,
+            license=license,
+            source_uri=uri,
+            patient_key=self.keyed.patient_key(self.source, patient),
+            message=turns,
+            input_img=list(input_img),
+            output_img=list(output_img),
+            phi_removed=sorted(set(touched)),
+            labels=labels,
+        )
+        if problems := rec.problems():
+            raise Rejected("invalid_value", "; ".join(problems))
+        if rec.id in self._seen_ids:
+            raise Rejected("invalid_value", f"source id {source_id!r} occurs twice in this source")
+        self._seen_ids.add(rec.id)
+        return rec
+
+
+def guess_lang(text: str) -> str:
+    """Cheap script-based language tag: enough to separate SLAKE's Chinese questions from English."""
+    if any("\u4e00" <= ch <= "\u9fff" for ch in text):
+        return "zh"
+    if any("\u0400" <= ch <= "\u04ff" for ch in text):
+        return "ru"
+    return "en"

@@ -1,0 +1,12 @@
+"""Shared fixtures. Tests never touch the user's real de-identification key."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _test_key(monkeypatch, tmp_path_factory):
+    keydir = tmp_path_factory.mktemp("key")
+    monkeypatch.setenv("UNIMEDVL_SECRET_FILE", str(keydir / "secret.key"))
+    monkeypatch.delenv("UNIMEDVL_SECRET_KEY", raising=False)
