@@ -13,7 +13,7 @@ from unimedvl.config import IngestConfig, ParamsError, load_params
 from unimedvl.data import images
 from unimedvl.data.privacy import Keyed, load_key, scrub_path, scrub_text, split_for
 from unimedvl.data.schema import RECORD_SCHEMA, Image, Quarantine, Record, Rejected, Turn
-from unimedvl.data.shards import DatasetWriter, read_manifest, read_quarantine, read_table
+from unimedvl.data.shards import DatasetWriter, read_manifest, read_quarantine, read_table, select_mixture
 
 
 def make_record(i: int, split="train", modality="xray", patient="p1") -> Record:
@@ -61,6 +61,8 @@ def test_rejected_only_takes_known_reasons():
         ("Call (317) 555-0199 with results.", "555-0199", "phone"),
         ("Mail jane.doe@hospital.org please.", "jane.doe@hospital.org", "email"),
         ("MRN: 12345678 on file.", "12345678", "id_number"),
+        ("Patient 12345678. Seen today.", "12345678", "id_number"),
+        ("Folder MRN98765432_ct", "98765432", "id_number"),
         ("Discussed with Dr. Quortle Plimsoll today.", "Quortle", "person_name"),
     ],
 )
@@ -201,3 +203,16 @@ def test_repo_params_yaml_is_valid():
 
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
     assert params.ingest.sources[0].name == "packaged"
+
+
+def test_mixture_takes_configured_languages_and_keeps_the_rest(tmp_path):
+    w = DatasetWriter(tmp_path)
+    for i, lang in enumerate(["en", "zh", "en", "zh", "fr"]):
+        rec = make_record(i)
+        rec.lang = lang
+        w.add("s", rec)
+    m = w.close()
+    table = read_table(tmp_path)
+    assert m["by_lang"] == {"en": 2, "fr": 1, "zh": 2} and table.num_rows == 5
+    assert select_mixture(table, IngestConfig().mixture_languages)["lang"].to_pylist() == ["en", "en"]
+    assert select_mixture(table, ["en", "zh"]).num_rows == 4

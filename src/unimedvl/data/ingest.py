@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ..config import IngestConfig, SourceSpec
 from . import images
-from .privacy import Keyed, load_key
+from .privacy import Keyed, load_key, scrub_text
 from .schema import Quarantine, Record, Rejected
 from .shards import DatasetWriter
 from .sources import get_source
@@ -68,12 +68,17 @@ def ingest(
         for module, spec in resolved:
             ctx = Context(source=spec.name, keyed=keyed, cfg=cfg)
             root = Path(spec.input) if spec.input else None
-            total = module.count(root, ctx) if hasattr(module, "count") else None
+            total = _safe_count(module, root, ctx) if hasattr(module, "count") else None
+            by_units = total is not None and getattr(module, "PROGRESS_BY_UNITS", False)
             task = progress.add_task(spec.name, total=total, quarantined=0)
             counts = writer.source(spec.name)
+            if by_units:
+                ctx.on_unit = lambda n, task=task: progress.advance(task, n)
             for item in _guarded(module, root, ctx):
                 writer.add(spec.name, item)
-                progress.update(task, advance=1, quarantined=counts.quarantined)
+                progress.update(task, advance=0 if by_units else 1, quarantined=counts.quarantined)
+            if total is not None:
+                progress.update(task, completed=total)
             if not console.is_terminal:
                 console.print(f"ingest {spec.name}: {counts.accepted} accepted, {counts.quarantined} quarantined")
     manifest = writer.close(extra={"sources": [{"name": s.name} for _, s in resolved]})
@@ -92,6 +97,14 @@ def ingest(
     return IngestResult(manifest=manifest, seconds=elapsed)
 
 
+def _safe_count(module: Any, root: Path | None, ctx: Context) -> int | None:
+    """The adapter's unit count for the progress bar; a failing count only loses the bar's total."""
+    try:
+        return int(module.count(root, ctx))
+    except Exception:  # noqa: BLE001 - the count is cosmetic; `read` reports real problems
+        return None
+
+
 def _guarded(module: Any, root: Path | None, ctx: Context):
     """Run an adapter so that one bad item never stops the run and nothing escapes as a traceback."""
     it = module.read(root, ctx)
@@ -101,11 +114,14 @@ def _guarded(module: Any, root: Path | None, ctx: Context):
         except StopIteration:
             return
         except Rejected as e:  # an adapter that raises instead of yielding: the source as a whole failed
-            yield ctx.rejected(str(root or ctx.source), e)
+            yield ctx.rejected(".", e)  # "." = the input root; its absolute path may name a person
             return
         except Exception as e:  # noqa: BLE001 - a bug must not lose the items already read
-            yield ctx.reject(str(root or ctx.source), "unreadable", f"the adapter stopped: {type(e).__name__}: {e}")
-            print(f"unimedvl: source {ctx.source} stopped early on an unexpected error: {e!r}", file=sys.stderr)
+            # The message may quote a header value, so it is scrubbed like any text before it is shown.
+            detail, _ = scrub_text(f"the adapter stopped: {type(e).__name__}: {e}")
+            yield ctx.reject(".", "unreadable", detail)
+            print(f"unimedvl: source {ctx.source} stopped early on an unexpected error ({detail}); "
+                  "the items read before it are kept. Please report this as a bug.", file=sys.stderr)
             return
         if not isinstance(item, Record | Quarantine):
             raise TypeError(f"source {ctx.source} yielded {type(item).__name__}")

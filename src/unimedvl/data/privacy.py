@@ -16,6 +16,7 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 KEY_ENV = "UNIMEDVL_SECRET_KEY"  # hex or any string
 KEY_FILE_ENV = "UNIMEDVL_SECRET_FILE"
@@ -112,7 +113,7 @@ TEXT_PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
         # prefix as in "MRN98765432" or "ACC55501234" (file and folder names carry them that way).
         re.compile(
             r"(?<![A-Za-z0-9])(?:MRN|ID|Acc(?:ession)?|No|#)[:#.\s]*[A-Z]{0,3}\d{4,}(?!\d)"
-            r"|(?<![\d.])[A-Z]{0,4}\d{6,}(?![\d.])"
+            r"|(?<!\d)(?<!\d\.)[A-Z]{0,4}\d{6,}(?!\d|\.\d)"  # not part of a decimal number
         ),
         "[ID]",
     ),
@@ -127,6 +128,22 @@ def scrub_text(text: str) -> tuple[str, list[str]]:
         if n:
             touched.append(f"text:{name}")
     return text, touched
+
+
+def scrub_json(value: Any) -> tuple[Any, list[str]]:
+    """`scrub_text` over every string inside a JSON-able value (labels, metadata)."""
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, dict):
+        out, touched = {}, []
+        for k, v in value.items():
+            out[k], t = scrub_json(v)
+            touched += t
+        return out, touched
+    if isinstance(value, list | tuple):
+        pairs = [scrub_json(v) for v in value]
+        return [p[0] for p in pairs], [t for p in pairs for t in p[1]]
+    return value, []
 
 
 def scrub_path(rel_path: str, extra_identifiers: tuple[str, ...] = ()) -> tuple[str, list[str]]:
@@ -209,7 +226,9 @@ class DicomScrub:
                 elif elem.VR == "PN" and elem.value:
                     del d[elem.tag]
                     touched.add(f"dicom:{kw or 'person_name'}")
-                elif elem.VR in ("LO", "LT", "ST", "UT", "SH") and isinstance(elem.value, str) and elem.value:
+                # SH is left out: it holds coded values (CodeValue "113691") the text scrubber would mangle;
+                # the SH attributes that identify people (StationName, AccessionNumber...) are removed above.
+                elif elem.VR in ("LO", "LT", "ST", "UT") and isinstance(elem.value, str) and elem.value:
                     cleaned, t = scrub_text(elem.value)
                     if t:
                         elem.value = cleaned
@@ -219,7 +238,7 @@ class DicomScrub:
         if hasattr(ds, "file_meta") and "MediaStorageSOPInstanceUID" in ds.file_meta:
             ds.file_meta.MediaStorageSOPInstanceUID = self.keyed.uid(str(ds.file_meta.MediaStorageSOPInstanceUID))
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "PS3.15 E.1 basic profile; UIDs remapped; dates shifted per patient"
+        ds.DeidentificationMethod = "PS3.15 E.1 basic; UIDs remapped; dates shifted per patient"  # LO: <= 64 chars
         return sorted(touched)
 
 

@@ -176,6 +176,7 @@ REASONS = {
     "missing_file": "a file the source refers to does not exist",
     "empty_file": "the file is zero bytes long",
     "truncated_image": "the image file ends before its data does",
+    "corrupt_image": "the image data is present but no decoder can make pixels of it",
     "not_an_image": "the file is not an image in any format we read, whatever its extension",
     "image_too_large": "the image has more pixels than the decompression-bomb cap",
     "no_pixel_data": "the DICOM object carries no pixel data",

@@ -157,6 +157,17 @@ def read_table(data_dir: Path, columns: list[str] | None = None) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def select_mixture(table: pa.Table, languages: tuple[str, ...] | list[str]) -> pa.Table:
+    """The rows the default training mixture takes: records in `languages` (ingest.mixture_languages).
+
+    Other languages stay in the shards, tagged, so they are excluded by this param and never
+    dropped silently; the count left out is `table.num_rows - result.num_rows`.
+    """
+    import pyarrow.compute as pc
+
+    return table.filter(pc.is_in(table["lang"], value_set=pa.array(list(languages), pa.string())))
+
+
 def iter_records(data_dir: Path) -> Iterator[Record]:
     for row in read_table(data_dir).to_pylist():
         yield Record.from_row(row)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from ...config import IngestConfig
-from ..privacy import Keyed, scrub_path, scrub_text, split_for
+from ..privacy import Keyed, scrub_json, scrub_path, scrub_text, split_for
 from ..schema import SPLITS, SUB_TO_MAIN, Image, Quarantine, Record, Rejected, Turn
 
 Item = Record | Quarantine
 
 
 class Source(Protocol):
-    """A source module exposes NAME, NEEDS_INPUT and `read(root, ctx)`."""
+    """A source module exposes NAME, NEEDS_INPUT and `read(root, ctx)`.
+
+    It may also expose `count(root, ctx) -> int` for the progress bar's total: the number of items
+    it will yield, or, when it sets `PROGRESS_BY_UNITS = True`, the number of input units (files,
+    volumes) it reads, calling `ctx.unit_done()` after each one (one DICOM file yields many records).
+    """
 
     NAME: str
     NEEDS_INPUT: bool
@@ -37,7 +42,13 @@ class Context:
     keyed: Keyed
     cfg: IngestConfig
     step: str = "ingest"
+    on_unit: Callable[[int], None] | None = None
     _seen_ids: set[str] = field(default_factory=set)
+
+    def unit_done(self, n: int = 1) -> None:
+        """Report that `n` input units were read (drives the progress bar when `count` exists)."""
+        if self.on_unit is not None:
+            self.on_unit(n)
 
     # --- quarantine ---------------------------------------------------------------------------
     def reject(self, item: str, reason: str, detail: str, source_id: str | None = None) -> Quarantine:
@@ -99,6 +110,15 @@ class Context:
             turns.append(Turn(role, text))
         uri, t = scrub_path(source_uri)
         touched += t
+        if scrub and labels is not None:
+            labels, t = scrub_json(labels)
+            touched += [x.replace("text:", "labels:") for x in t]
+        scrubbed_images = []
+        for img in [*input_img, *output_img]:
+            path, t = scrub_path(img.path)
+            touched += t
+            scrubbed_images.append(replace(img, path=path) if path != img.path else img)
+        input_img, output_img = scrubbed_images[: len(input_img)], scrubbed_images[len(input_img):]
         rec = Record(
             id=self.keyed.record_id(self.source, source_id),
             dataset=dataset or self.source,
