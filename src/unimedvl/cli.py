@@ -11,6 +11,7 @@ from rich.console import Console
 
 from .config import ParamsError, SourceSpec, load_params
 from .data.sources import SOURCES, UnknownSource, get_source
+from .model.cli import model_app
 
 app = typer.Typer(
     name="unimedvl",
@@ -19,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(model_app, name="model")
 err = Console(stderr=True)
 
 

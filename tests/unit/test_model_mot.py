@@ -1,0 +1,206 @@
+"""The MoT backbone: the attention mask, the two attention paths, hard routing, packing, the KV cache."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from unimedvl.model.config import PRESETS, LLMConfig
+from unimedvl.model.mot import (
+    AttentionLayout,
+    KVCache,
+    LanguageModel,
+    Routing,
+    attend,
+    dense_reference_attention,
+)
+from unimedvl.model.unimedvl import LatentImage, Text, VitImage, build_model, pack
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread, and a shared 2-core machine makes two threads thrash."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SPLITS = [
+    [(5, "causal"), (7, "full"), (3, "causal")],  # text, image, text
+    [(4, "noise"), (6, "causal")],  # a noised latent image, then text
+    [(9, "causal")],  # text only
+]
+
+
+def reference_mask(splits) -> torch.Tensor:
+    """The rules written out token by token, independent of AttentionLayout."""
+    tokens = []  # (sample, split, mode)
+    for s, sample in enumerate(splits):
+        for j, (n, mode) in enumerate(sample):
+            tokens += [(s, j, mode)] * n
+    n = len(tokens)
+    m = torch.zeros(n, n, dtype=torch.bool)
+    for q in range(n):
+        for k in range(n):
+            (sq, jq, mq), (sk, jk, mk) = tokens[q], tokens[k]
+            if sq != sk:
+                continue  # no attention across samples
+            if jq == jk:
+                m[q, k] = k <= q if mq == "causal" else True  # text causal, images bidirectional
+            elif jk < jq:
+                m[q, k] = mk != "noise"  # earlier splits are visible unless they are noise
+    return m
+
+
+def test_mask_matches_the_rules():
+    layout = AttentionLayout.from_splits(SPLITS)
+    dense = layout.dense()
+    assert torch.equal(dense, reference_mask(SPLITS))
+    # Spot checks of the rules themselves.
+    assert dense[5, 11] and dense[11, 5]  # both ends of the image block see each other
+    assert not dense[0, 1] and dense[1, 0]  # text is causal
+    assert dense[12, 11] and dense[12, 0]  # text after an image sees it and the earlier text
+    assert not dense[15:, :15].any() and not dense[:15, 15:].any()  # no cross-sample attention
+    assert not dense[19:25, 15:19].any()  # later text does not see the noised image
+    assert dense[15:19, 15:19].all()
+
+
+def _qkv(n, hq=4, hkv=2, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(hq, n, d, generator=g), torch.randn(hkv, n, d, generator=g), torch.randn(hkv, n, d, generator=g))
+
+
+def test_sdpa_path_equals_dense_reference():
+    layout = AttentionLayout.from_splits(SPLITS)
+    q, k, v = _qkv(len(layout))
+    ref = dense_reference_attention(q, k, v, reference_mask(SPLITS))
+    torch.testing.assert_close(attend(q, k, v, layout.dense()), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_path_equals_dense_reference():
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pytest.skip("flex_attention is not in this torch build; the fused path needs a GPU build")
+    layout = AttentionLayout.from_splits(SPLITS)
+    q, k, v = _qkv(len(layout))
+    ref = dense_reference_attention(q, k, v, reference_mask(SPLITS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "called without torch.compile": expected on CPU
+        try:
+            out = attend(q, k, v, layout.block_mask())
+        except (RuntimeError, NotImplementedError) as e:  # pragma: no cover
+            pytest.skip(f"flex_attention does not run on CPU in this torch ({e}); it needs a GPU")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def _params(lm: LanguageModel, gen: bool) -> dict[str, torch.nn.Parameter]:
+    """Expert-owned parameters: the `_moe_gen` twins, or the understanding weights that have a twin."""
+    named = dict(lm.named_parameters())
+    twins = {n for n in named if "_moe_gen" in n}
+    if gen:
+        return {n: named[n] for n in twins}
+    return {n.replace("_moe_gen", ""): named[n.replace("_moe_gen", "")] for n in twins} | {"lm_head.weight": lm.lm_head.weight}
+
+
+@pytest.mark.parametrize("loss_on", ["gen", "und"])
+def test_hard_routing_gradients(loss_on):
+    """Two packed samples, one all text (understanding), one all latent (generation). A loss on one
+    kind of token gives exactly zero gradient to the other expert (and nothing leaks across samples)."""
+    torch.manual_seed(0)
+    cfg = LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2)
+    lm = LanguageModel(cfg)
+    lm.init_weights()
+    n_und, n_gen = 6, 5
+    layout = AttentionLayout.from_splits([[(n_und, "causal")], [(n_gen, "full")]])
+    is_gen = torch.tensor([False] * n_und + [True] * n_gen)
+    x = torch.randn(n_und + n_gen, cfg.hidden_size)
+    pos = torch.cat([torch.arange(n_und), torch.zeros(n_gen, dtype=torch.long)])
+    h = lm.model(x, Routing.from_gen_mask(is_gen), pos, layout.dense())
+    if loss_on == "gen":
+        h[is_gen].pow(2).sum().backward()
+    else:
+        lm.lm_head(h[~is_gen]).pow(2).sum().backward()
+    silent = _params(lm, gen=(loss_on == "und"))
+    active = _params(lm, gen=(loss_on == "gen"))
+    for name, p in silent.items():
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0, name
+    for name, p in active.items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_generation_expert_can_start_as_a_copy():
+    lm = LanguageModel(LLMConfig(num_hidden_layers=1))
+    lm.init_weights()
+    lm.copy_und_to_gen()
+    layer = lm.model.layers[0]
+    assert torch.equal(layer.self_attn.q_proj.weight, layer.self_attn.q_proj_moe_gen.weight)
+    assert torch.equal(layer.mlp.down_proj.weight, layer.mlp_moe_gen.down_proj.weight)
+    assert layer.self_attn.q_proj.weight.data_ptr() != layer.self_attn.q_proj_moe_gen.weight.data_ptr()
+
+
+def _samples(cfg):
+    g = torch.Generator().manual_seed(1)
+    img = torch.rand(3, 64, 48, generator=g) * 2 - 1
+    lat = torch.randn(cfg.vae.z_channels, 8, 8, generator=g)
+    a = [VitImage(img), Text([5, 6, 7]), Text([8, 9, 2], supervised=True)]
+    b = [Text([10, 11, 12]), LatentImage(latent=lat)]
+    return a, b
+
+
+def test_packed_equals_unpacked():
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny"]).eval()
+    with torch.no_grad():  # give the latent head a non-zero output so the check covers it
+        model.llm2vae.weight.normal_(std=0.02)
+    a, b = _samples(model.cfg)
+    noise = torch.randn(16, model.cfg.patch_latent_dim)
+    t = torch.tensor([0.7])
+    with torch.no_grad():
+        packed, _ = model.hidden_states(pack([a, b], model.cfg), timesteps=t, noise=noise)
+        alone_a, _ = model.hidden_states(pack([a], model.cfg))
+        alone_b, _ = model.hidden_states(pack([b], model.cfg), timesteps=t, noise=noise)
+    torch.testing.assert_close(packed, torch.cat([alone_a, alone_b]), rtol=1e-4, atol=1e-5)
+    la = pack([a, b], model.cfg)
+    with torch.no_grad():
+        ab = model(la, timesteps=t, noise=noise)
+        sa = model(pack([a], model.cfg))
+    torch.testing.assert_close(ab["ce"], sa["ce"], rtol=1e-4, atol=1e-5)
+
+
+def test_kv_cache_equals_full_forward():
+    """Prefilling a context then decoding one token gives the same state as one causal pass."""
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny"]).eval()
+    a, _ = _samples(model.cfg)
+    full = pack([a], model.cfg)
+    with torch.no_grad():
+        ref, _ = model.hidden_states(full)
+        cache, last = model.prefill(a[:-1] + [Text([8, 9])])
+        lm = model.language_model.model
+        x = lm.embed_tokens(torch.tensor([2]))
+        out = lm(x, Routing.all_und(1), torch.tensor([cache.next_position]), None, cache, True)
+    torch.testing.assert_close(last, ref[-2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out[-1], ref[-1], rtol=1e-4, atol=1e-5)
+    assert len(cache) == full.length and isinstance(cache, KVCache)
+
+
+def test_whole_model_flex_equals_sdpa_on_cpu():
+    """The GPU training path (FlexAttention + BlockMask) gives the CPU path's hidden states. On CPU
+    flex_attention runs forward only (no backward), so this compares under no_grad."""
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny"]).eval()
+    a, b = _samples(model.cfg)
+    batch = pack([a, b], model.cfg)
+    noise = torch.randn(16, model.cfg.patch_latent_dim)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.attention = "sdpa"
+        ref, _ = model.hidden_states(batch, timesteps=torch.tensor([0.5]), noise=noise)
+        model.attention = "flex"
+        out, _ = model.hidden_states(batch, timesteps=torch.tensor([0.5]), noise=noise)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
