@@ -118,7 +118,10 @@ def window(
     the contrast of the whole image.
     """
     v = np.asarray(values, dtype=np.float64)
-    finite = v[np.isfinite(v)]
+    # Percentiles of a strided sample of ~64k pixels match the full image's to well under one grey
+    # level and cost a fraction of a full partition on large scans.
+    sample = v.ravel()[:: max(1, v.size // 65536)]
+    finite = sample[np.isfinite(sample)]
     if finite.size == 0:
         lo, hi = 0.0, 1.0
     elif center is not None and width is not None and width > 1:

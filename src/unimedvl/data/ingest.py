@@ -130,7 +130,7 @@ def _guarded(module: Any, root: Path | None, ctx: Context):
 
 def render_summary(m: dict[str, Any], seconds: float) -> Table:
     table = Table(title=f"ingest: {m['accepted']} accepted, {m['quarantined']} quarantined of {m['seen']} seen "
-                  f"({m['images']} images, {seconds:.1f} s)", show_lines=False)
+                  f"({m['distinct_images']} distinct images, {seconds:.1f} s)", show_lines=False)
     table.add_column("group")
     table.add_column("name")
     table.add_column("count", justify="right")

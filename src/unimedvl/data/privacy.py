@@ -8,6 +8,7 @@ are short sequential numbers), so there is deliberately no fallback constant.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import os
@@ -120,14 +121,28 @@ TEXT_PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
+# Every pattern above needs a digit, an "@" or a title word; one search for those rules out most
+# strings (questions, captions, labels) before the five substitutions run.
+_MAYBE_PHI = re.compile(r"[\d@]|\b(?:Dr|Doctor|Mr|Mrs|Ms|Prof)\b")
+
+
 def scrub_text(text: str) -> tuple[str, list[str]]:
     """Replace dates, phone numbers, e-mail addresses, ID-like numbers and titled names."""
+    if not _MAYBE_PHI.search(text):
+        return text, []
+    cleaned, touched = _scrub_cached(text)
+    return cleaned, list(touched)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _scrub_cached(text: str) -> tuple[str, tuple[str, ...]]:
+    # Templated questions and URIs repeat across the records of one image: cache by text.
     touched: list[str] = []
     for name, pattern, replacement in TEXT_PATTERNS:
         text, n = pattern.subn(replacement, text)
         if n:
             touched.append(f"text:{name}")
-    return text, touched
+    return text, tuple(touched)
 
 
 def scrub_json(value: Any) -> tuple[Any, list[str]]:

@@ -183,6 +183,8 @@ REASONS = {
     "unsupported_transfer_syntax": "no installed decoder handles this DICOM transfer syntax",
     "burned_in_annotation": "the DICOM says text is burned into the pixels (BurnedInAnnotation=YES)",
     "modality_not_allowed": "the modality is not on the clinical allow-list",
+    "blank_image": "every pixel has the same value: there is nothing to learn from",
+    "synthetic_pixels": "a package test file whose header is real but whose pixels are a synthetic pattern",
     "duplicate_encoding": "the same image already came in through another transfer syntax",
     "malformed_json": "a JSON/JSONL document or line could not be parsed",
     "malformed_csv": "a CSV/TSV row could not be parsed",

@@ -61,6 +61,7 @@ class DatasetWriter:
     _reasons: Counter = field(default_factory=Counter)
     _subjects: dict[str, dict[str, set[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))
     _images: int = 0
+    _distinct_images: set[bytes] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -89,6 +90,9 @@ class DatasetWriter:
         self._rows.append(row)
         self._bytes += sum(len(i["bytes"]) for i in row["input_img"] + row["output_img"]) + 512
         self._images += len(row["input_img"]) + len(row["output_img"])
+        # Several records (caption, VQA, t2i) share one image; this counts the images themselves.
+        self._distinct_images.update(hashlib.blake2b(i["bytes"], digest_size=16).digest()
+                                     for i in row["input_img"] + row["output_img"])
         self._by_task[item.sub_task_type] += 1
         self._by_split[item.split] += 1
         self._by_modality[item.modality] += 1
@@ -118,7 +122,8 @@ class DatasetWriter:
             "format": "unimedvl-shards/1",
             "step": self.step,
             **total.as_dict(),
-            "images": self._images,
+            "images": self._images,  # image slots over all records
+            "distinct_images": len(self._distinct_images),
             "by_source": {k: v.as_dict() for k, v in sorted(self._by_source.items())},
             "by_task": dict(sorted(self._by_task.items())),
             "by_split": dict(sorted(self._by_split.items())),
