@@ -141,18 +141,9 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
     if _is_truncated(ds, size, caught):
         raise Rejected("truncated_image", "the DICOM file ends before its data does (it was cut short)")
 
-    # --- capture what is needed from identifying attributes, then scrub before anything else ----
-    try:
-        patient = _first_text(ds, "PatientID", "StudyInstanceUID", "SOPInstanceUID") or "unknown"
-        sop_uid = _first_text(ds, "SOPInstanceUID") or _first_text(getattr(ds, "file_meta", None) or {}, "MediaStorageSOPInstanceUID")
-        sequence = _guess_sequence(ds) if str(ds.get("Modality", "")).strip().upper() == "MR" else None
-        phi_removed = DicomScrub(keyed)(ds, patient)
-    except Rejected:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise Rejected("unreadable", f"the DICOM header could not be de-identified ({type(e).__name__})") from None
-
-    # --- clinical allow-list and burned-in text -------------------------------------------------
+    # --- clinical allow-list and burned-in text --------------------------------------------------
+    # Checked first: Modality, SOP class and BurnedInAnnotation identify no one, and a file rejected
+    # here (photographs, RT dose, segmentations) is not worth scrubbing.
     dicom_modality = str(ds.get("Modality", "") or "").strip().upper()
     sop_class = str(ds.get("SOPClassUID", "") or "")
     if not dicom_modality:
@@ -171,6 +162,17 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
             "BurnedInAnnotation is YES: identifying text may be part of the pixels "
             "(set ingest.allow_burned_in to take such images after checking them)",
         )
+
+    # --- capture what is needed from identifying attributes, then scrub before anything else ----
+    try:
+        patient = _first_text(ds, "PatientID", "StudyInstanceUID", "SOPInstanceUID") or "unknown"
+        sop_uid = _first_text(ds, "SOPInstanceUID") or _first_text(getattr(ds, "file_meta", None) or {}, "MediaStorageSOPInstanceUID")
+        sequence = _guess_sequence(ds) if str(ds.get("Modality", "")).strip().upper() == "MR" else None
+        phi_removed = DicomScrub(keyed)(ds, patient)
+    except Rejected:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise Rejected("unreadable", f"the DICOM header could not be de-identified ({type(e).__name__})") from None
 
     # --- pixel data, transfer syntax, size cap (all before decoding) -----------------------------
     if not any(k in ds for k in _PIXEL_KEYWORDS):

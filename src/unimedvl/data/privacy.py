@@ -42,7 +42,7 @@ def load_key() -> bytes:
     return path.read_text().strip().encode()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Keyed:
     """Keyed hashing for one ingest run."""
 
@@ -57,6 +57,7 @@ class Keyed:
     def record_id(self, source: str, source_id: str) -> str:
         return self.token("record", source, source_id, length=24)
 
+    @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 - a handful of Keyed objects per run
     def patient_key(self, source: str, patient: str) -> str:
         return "pt-" + self.token("patient", source, patient, length=16)
 
@@ -75,6 +76,12 @@ class Keyed:
 
 def split_for(keyed: Keyed, group: str, fractions: dict[str, float]) -> str:
     """Deterministic split for a patient/volume/report group, so one group never straddles splits."""
+    return _split_for(keyed, group, tuple(sorted(fractions.items())))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _split_for(keyed: Keyed, group: str, fraction_items: tuple[tuple[str, float], ...]) -> str:
+    fractions = dict(fraction_items)
     total = sum(fractions.values())
     x = keyed.fraction("split", group) * total
     for name in ("train", "val", "test"):
@@ -163,6 +170,13 @@ def scrub_json(value: Any) -> tuple[Any, list[str]]:
 
 def scrub_path(rel_path: str, extra_identifiers: tuple[str, ...] = ()) -> tuple[str, list[str]]:
     """Scrub path components that carry names or IDs (e.g. `Smith_John/12345678/img.dcm`)."""
+    cleaned, touched = _scrub_path_cached(str(rel_path), tuple(extra_identifiers))
+    return cleaned, list(touched)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _scrub_path_cached(rel_path: str, extra_identifiers: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    # One image's URI is scrubbed once for each of its records: cache by path.
     touched: list[str] = []
     parts = []
     for part in Path(rel_path).as_posix().split("/"):
@@ -173,7 +187,7 @@ def scrub_path(rel_path: str, extra_identifiers: tuple[str, ...] = ()) -> tuple[
                 t.append("path:identifier")
         parts.append(new)
         touched += [x.replace("text:", "path:") for x in t]
-    return "/".join(parts), sorted(set(touched))
+    return "/".join(parts), tuple(sorted(set(touched)))
 
 
 # --- DICOM headers (PS3.15 Annex E, Basic Application Level Confidentiality Profile) ------------

@@ -62,6 +62,7 @@ class DatasetWriter:
     _subjects: dict[str, dict[str, set[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))
     _images: int = 0
     _distinct_images: set[bytes] = field(default_factory=set)
+    _digests: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -91,8 +92,14 @@ class DatasetWriter:
         self._bytes += sum(len(i["bytes"]) for i in row["input_img"] + row["output_img"]) + 512
         self._images += len(row["input_img"]) + len(row["output_img"])
         # Several records (caption, VQA, t2i) share one image; this counts the images themselves.
-        self._distinct_images.update(hashlib.blake2b(i["bytes"], digest_size=16).digest()
-                                     for i in row["input_img"] + row["output_img"])
+        # Adapters reuse one bytes object per image, so each object is hashed once (the cache holds
+        # a reference, so an id is never reused while it is cached; it is cleared with the rows).
+        for img in row["input_img"] + row["output_img"]:
+            data = img["bytes"]
+            cached = self._digests.get(id(data))
+            if cached is None:
+                cached = self._digests[id(data)] = (data, hashlib.blake2b(data, digest_size=16).digest())
+            self._distinct_images.add(cached[1])
         self._by_task[item.sub_task_type] += 1
         self._by_split[item.split] += 1
         self._by_modality[item.modality] += 1
@@ -109,6 +116,7 @@ class DatasetWriter:
         pq.write_table(table, self.out_dir / rel, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         self._shards.append({"path": rel, "rows": len(self._rows), "sha256": sha256_file(self.out_dir / rel)})
         self._rows, self._bytes = [], 0
+        self._digests.clear()
 
     def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         self._flush()
