@@ -32,7 +32,7 @@ test-all: setup
 	$(BIN)/pytest -m "slow or not slow"
 
 bench: setup
-	$(BIN)/python benchmarks/bench_ingest.py
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build data

@@ -65,6 +65,12 @@ def ingest(
         typer.Option("--input", "-i", help="Input folder for each source that needs one, in order (repeatable)."),
     ] = None,
     params: Annotated[Path, typer.Option(help="params.yaml to read the `ingest` section from.")] = Path("params.yaml"),
+    count: Annotated[
+        int | None, typer.Option("--count", min=1, help="Phantom source: records to generate (overrides ingest.phantom.count).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, help="Phantom source: generator seed (overrides ingest.phantom.seed).")
+    ] = None,
 ) -> None:
     """Read raw sources into de-identified Parquet shards with a manifest and a quarantine file.
 
@@ -76,11 +82,38 @@ def ingest(
     from .data.ingest import ingest as run_ingest
 
     try:
-        cfg = load_params(params).ingest
+        cfg = _with_phantom(load_params(params).ingest, count, seed)
         specs = pair_sources(source, input or []) if source else list(cfg.sources)
         run_ingest(specs, output, cfg)
     except (ParamsError, UnknownSource, IngestError) as e:
         _fail(str(e), 1)
+
+
+def _with_phantom(cfg, count: int | None, seed: int | None):
+    """`cfg` (an IngestConfig) with the phantom count / seed overridden where given."""
+    update = {k: v for k, v in (("count", count), ("seed", seed)) if v is not None}
+    if not update:
+        return cfg
+    phantom = type(cfg.phantom).model_validate({**cfg.phantom.model_dump(), **update})
+    return cfg.model_copy(update={"phantom": phantom})
+
+
+@app.command("phantom-grid")
+def phantom_grid(
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write.")] = Path("docs/phantoms.png"),
+    count: Annotated[int, typer.Option("--count", min=1, max=64, help="Phantoms in the grid.")] = 12,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Generator seed.")] = 0,
+    params: Annotated[Path, typer.Option(help="params.yaml to read `ingest.phantom` from.")] = Path("params.yaml"),
+) -> None:
+    """Render a grid of phantoms (chest radiographs, brain MRIs in each contrast) with their captions."""
+    from .data.phantoms.grid import write_grid
+
+    try:
+        cfg = load_params(params).ingest.phantom
+    except ParamsError as e:
+        _fail(str(e), 1)
+    path = write_grid(output, cfg, count=count, seed=seed)
+    typer.echo(f"wrote {path}")
 
 
 @app.command()
@@ -90,6 +123,61 @@ def sources() -> None:
         module = get_source(name)
         doc = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
         typer.echo(f"{name:16} {'needs --input' if module.NEEDS_INPUT else 'built in    '}  {doc}")
+
+
+@app.command()
+def train(
+    stage: Annotated[str, typer.Option("--stage", help="tokenizer | autoencoder | stage1 | stage2 | stage3.")],
+    data: Annotated[Path, typer.Option("--data", help="QC'd shard folder (manifest.json + shards/).")] = Path("data/qc"),
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (default models/<stage>).")] = None,
+    from_: Annotated[Path | None, typer.Option("--from", help="Previous stage's folder (default: sibling models/<previous>).")] = None,
+    init: Annotated[Path | None, typer.Option("--init", help="tokenizer: an existing tokenizer.json; autoencoder: a pretrained ae.safetensors (skips fitting).")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps (a quick run).")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Join an existing Ray cluster instead of starting one.")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="Entry of `profiles` in params.yaml (e.g. smoke).")] = None,
+    params: Annotated[Path, typer.Option(help="params.yaml to read.")] = Path("params.yaml"),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Train one curriculum stage (DESIGN section 6): each starts from the previous stage's folder and
+    writes a model folder in the released layout; tracked in MLflow."""
+    import json
+
+    from .train.stages import StageError, run_stage
+
+    try:
+        summary = run_stage(stage, data, output or Path("models") / stage, load_params(params), init=init,
+                            prev_dir=from_, max_steps=max_steps, ray_address=ray_address, profile=profile,
+                            progress=progress)
+    except (ParamsError, StageError, FileNotFoundError) as e:
+        _fail(str(e), 1)
+    keep = ("stage", "steps", "heldout_start", "heldout_end", "wall_s", "run_id")
+    typer.echo(json.dumps({k: summary[k] for k in keep if k in summary}))
+
+
+@app.command()
+def qc(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Ingested data set (manifest.json + shards/).")] = Path("data/ingest"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for accepted shards, quarantine.jsonl, quarantine/.")] = Path("data/qc"),
+    report: Annotated[Path, typer.Option(help="Folder for the HTML report, its figures and GE results.")] = Path("qc/report"),
+    metrics: Annotated[Path, typer.Option(help="metrics.json for `dvc metrics show`.")] = Path("qc/metrics.json"),
+    engine: Annotated[str, typer.Option(help="local (one process) or ray (Ray Data map_batches over the shards).")] = "local",
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the run and report to MLflow.")] = True,
+    params: Annotated[Path, typer.Option(help="params.yaml to read the `qc` section from.")] = Path("params.yaml"),
+) -> None:
+    """Quality-control an ingested data set: Great Expectations on the metadata, image and text checks,
+    duplicates and cross-split leakage, a report. Rejected records go to quarantine with a reason."""
+    import json
+
+    from .qc import QCError, run_qc
+    from .qc.expectations import SuiteFailed
+
+    try:
+        m = run_qc(input, output, load_params(params).qc, engine=engine, report_dir=report, metrics_path=metrics,
+                   log_to_mlflow=None if mlflow else False)
+    except (ParamsError, QCError, SuiteFailed) as e:
+        _fail(str(e), 1)
+    keep = ("seen", "accepted", "quarantined", "quarantine_reasons", "report", "mlflow_run_id")
+    typer.echo(json.dumps({k: m[k] for k in keep if k in m}))
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ class SourceSpec(_Strict):
 class PackagedConfig(_Strict):
     """How the embedded real corpus slices its volumes and frames."""
 
-    slices_per_volume: int = Field(12, ge=1, description="2D slices taken per plane of each 3D volume")
+    slices_per_volume: int = Field(32, ge=1, description="2D slices taken per plane of each 3D volume")
     planes: tuple[str, ...] = ("axial", "coronal", "sagittal")
     frames_per_series: int = Field(8, ge=1, description="frames taken from each multi-frame DICOM / 4D volume")
     reports: bool = True  # include the 3,955 Indiana University chest X-ray reports
@@ -41,6 +41,43 @@ class PackagedConfig(_Strict):
         return v
 
 
+class PhantomConfig(_Strict):
+    """The phantom source: procedurally generated chest radiographs and brain MRIs with ground truth."""
+
+    count: int = Field(400, ge=1, le=1_000_000, description="records to emit (patients have 1-4 records each)")
+    seed: int = Field(0, ge=0, description="same seed -> byte-identical shards")
+    image_size: int = Field(64, ge=32, le=1024, description="side of every full-resolution phantom, pixels")
+    chest_fraction: float = Field(0.6, ge=0.0, le=1.0, description="share of chest (vs brain) patients; cross_modal patients are brain")
+    # Share of records per sub task type (normalised; 0 leaves a type out). Every type of DESIGN section 4.
+    task_mix: dict[str, float] = {
+        "vqa_closed": 0.16, "vqa_open": 0.14, "report": 0.12, "caption": 0.08, "t2i": 0.08,
+        "edit": 0.08, "counterfactual": 0.10, "super_resolution": 0.06, "cross_modal": 0.06,
+        "reconstruction": 0.06, "text_only": 0.03, "report_structure": 0.03,
+    }
+    min_visible_px: float = Field(3.0, gt=0.0, le=16.0, description="no finding is drawn smaller than this many pixels")
+    super_resolution_factor: int = Field(4, ge=2, le=8, description="downsampling of super_resolution inputs")
+
+    @field_validator("task_mix")
+    @classmethod
+    def _mix(cls, v: dict[str, float]) -> dict[str, float]:
+        known = ("vqa_closed", "vqa_open", "report", "caption", "t2i", "edit", "counterfactual",
+                 "super_resolution", "cross_modal", "reconstruction", "text_only", "report_structure")
+        bad = set(v) - set(known)
+        if bad:
+            raise ValueError(f"unknown task types {sorted(bad)}; use {', '.join(known)}")
+        if any(x < 0 for x in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("task_mix weights must be non-negative and not all zero")
+        return v
+
+    @field_validator("super_resolution_factor")
+    @classmethod
+    def _factor(cls, v: int, info) -> int:
+        size = info.data.get("image_size")
+        if size is not None and size % v:
+            raise ValueError(f"image_size {size} is not divisible by super_resolution_factor {v}")
+        return v
+
+
 class IngestConfig(_Strict):
     sources: tuple[SourceSpec, ...] = (SourceSpec(name="packaged"),)
     split_fractions: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -51,6 +88,7 @@ class IngestConfig(_Strict):
     mixture_languages: tuple[str, ...] = ("en",)  # languages the default training mixture takes
     shard_max_mb: int = Field(256, gt=0)
     packaged: PackagedConfig = PackagedConfig()
+    phantom: PhantomConfig = PhantomConfig()
 
     @field_validator("split_fractions")
     @classmethod
@@ -63,8 +101,183 @@ class IngestConfig(_Strict):
         return v
 
 
+# --- training: tokenizer, autoencoder, stage1-3 (src/unimedvl/train) -------------------------------
+
+class TokenizerConfig(_Strict):
+    """Byte-level BPE trained on the training split's text, or an existing tokenizer.json."""
+
+    vocab_size: int = Field(1024, ge=300, description="including the special tokens")
+    max_texts: int = Field(50_000, gt=0, description="texts read from the shards to train it")
+    init: str | None = None  # an existing tokenizer.json (e.g. the released Qwen2.5 one): copied, not trained
+
+
+class AutoencoderConfig(_Strict):
+    """Fits the generation autoencoder (reconstruction + KL), which then stays frozen."""
+
+    steps: int = Field(300, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, gt=0)
+    resolution: int = Field(64, ge=16, description="image scale the AE is fitted at (the stages' vae_resolution)")
+    crop: int = Field(32, ge=16, description="random square crops of that size are the training patches (4x cheaper)")
+    kl_weight: float = Field(1e-4, ge=0)
+    init: str | None = None  # a pretrained ae.safetensors: loaded, fitting skipped
+
+
+class DeepSpeedConfig(_Strict):
+    zero_stage: int = Field(2, ge=0, le=3)
+    offload_optimizer: bool = False  # ZeRO-Offload to CPU (needs DeepSpeed's JIT-built CPU Adam)
+
+
+class StageConfig(_Strict):
+    """Field-by-field overrides of the named curriculum's stage (unset fields keep the curriculum's)."""
+
+    steps: int | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0)
+    warmup_steps: int | None = Field(None, ge=0)
+    schedule: str | None = None
+    min_lr_ratio: float | None = Field(None, ge=0, le=1)
+    weight_decay: float | None = Field(None, ge=0)
+    ema_decay: float | None = Field(None, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0)
+    max_text_tokens: int | None = Field(None, gt=0)
+    vit_resolution: int | None = Field(None, ge=8)
+    vae_resolution: int | None = Field(None, ge=16)
+    mixture: dict[str, float] | None = None
+    frozen: tuple[str, ...] | None = None
+    text_cond_dropout: float | None = Field(None, ge=0, le=1)
+    vit_cond_dropout: float | None = Field(None, ge=0, le=1)
+    vae_cond_dropout: float | None = Field(None, ge=0, le=1)
+
+
+class TrainConfig(_Strict):
+    """Settings shared by every training stage: model size, scaling, strategy, checkpoints."""
+
+    profile: str = "demo"  # entry of `profiles` applied on top (env UNIMEDVL_PROFILE or --profile wins)
+    preset: str = "tiny"  # model preset (unimedvl.model.config.PRESETS)
+    curriculum: str = "tiny"  # named curriculum (unimedvl.train.curriculum.CURRICULA)
+    seed: int = 0
+    backend: str = "ray"  # ray (TorchTrainer) | local (the same loop in this process, one worker)
+    strategy: str = "ddp"  # ddp | deepspeed
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: int = Field(1, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = {}
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
+    max_failures: int = Field(1, ge=-1)
+    checkpoint_every: int = Field(50, gt=0)
+    checkpoint_dir: str = "build/checkpoints"  # outside DVC outputs: a re-run resumes from here
+    heldout_samples: int = Field(8, gt=0)
+    log_every: int = Field(1, gt=0)
+    grid_prompts: tuple[str, ...] = (
+        "Generate an axial CT image.", "Generate a brain MRI image.",
+        "Generate a chest X-ray image.", "Generate an ultrasound image.",
+    )
+    grid_steps: int = Field(12, gt=0)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v not in ("ray", "local"):
+            raise ValueError("backend must be ray or local")
+        return v
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        if v not in ("ddp", "deepspeed"):
+            raise ValueError("strategy must be ddp or deepspeed")
+        return v
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v not in ("auto", "bf16", "fp32"):
+            raise ValueError("precision must be auto, bf16 or fp32")
+        return v
+
+
+class TrackingConfig(_Strict):
+    """MLflow. The URI: env MLFLOW_TRACKING_URI, else `uri`, else sqlite:///<repo>/mlflow.db."""
+
+    uri: str | None = None
+    experiment: str = "unimedvl"
+    system_metrics: bool = True
+    system_metrics_interval: float = Field(2.0, gt=0)
+    enabled: bool = True
+
+
+class QCAlignmentConfig(_Strict):
+    """The model-based image-text alignment filter (paper: MedSigLIP/MedGemma score, keep top half).
+
+    Off by default: no such model can be loaded offline. Set `scorer` to "module:callable" returning
+    an `unimedvl.qc.alignment.AlignmentScorer`, and `keep_top_fraction` to e.g. 0.5.
+    """
+
+    keep_top_fraction: float | None = Field(None, gt=0, le=1, description="null = off")
+    scorer: str | None = None
+
+
+class QCMlflowConfig(_Strict):
+    enabled: bool = True
+    tracking_uri: str | None = None  # env MLFLOW_TRACKING_URI wins; null: sqlite:///mlflow.db (repo folder)
+    experiment: str = "unimedvl-qc"
+
+
+class QCConfig(_Strict):
+    """Thresholds of the QC step (qc/): GE suite, image and text checks, duplicates, leakage."""
+
+    min_side: int = Field(32, ge=1, description="shorter image side, px (paper: 128)")
+    max_side: int = Field(4096, ge=1, description="longer image side, px")
+    max_aspect: float = Field(4.0, ge=1.0, description="longer side / shorter side")
+    caption_min_chars: int = Field(10, ge=0)
+    caption_max_chars: int = Field(1024, ge=1)
+    max_turn_chars: int = Field(8192, ge=1)
+    blank_std: float = Field(0.01, ge=0, description="pixel std as a fraction of the range below which an image is blank")
+    saturated_fraction: float = Field(0.5, gt=0, le=1, description="fraction of pixels at the maximum that fails")
+    near_dup_hamming: int = Field(8, ge=0, le=32, description="perceptual-hash Hamming radius of candidate pairs")
+    near_dup_min_corr: float = Field(0.88, ge=-1, le=1, description="thumbnail correlation that confirms a pair")
+    thumbnail_side: int = Field(32, ge=8, le=128)
+    # Within a split, duplicate records need pixel-identical images by default: neighbouring slices of one
+    # volume with the same caption are near copies but still distinct samples. True also merges near copies.
+    near_dup_within_split: bool = False
+    text_leak_jaccard: float = Field(0.8, gt=0, le=1)
+    text_leak_min_chars: int = Field(100, ge=0)
+    text_leak_tasks: tuple[str, ...] = ("report", "text_only", "report_structure")
+    text_template_min_patients: int = Field(
+        3, ge=2, description="a text shared by this many patients is boilerplate, reported but not removed"
+    )
+    minhash_perm: int = Field(128, ge=16)
+    required_splits: tuple[str, ...] = ("train", "val", "test")
+    keep_official_split_sources: tuple[str, ...] = ()  # datasets whose published split is kept as is
+    batch_size: int = Field(256, ge=1)
+    shard_max_mb: int = Field(256, gt=0)
+    thumbnails_per_reason: int = Field(6, ge=0)
+    alignment: QCAlignmentConfig = QCAlignmentConfig()
+    mlflow: QCMlflowConfig = QCMlflowConfig()
+
+    @field_validator("required_splits")
+    @classmethod
+    def _splits(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = set(v) - {"train", "val", "test"}
+        if bad:
+            raise ValueError(f"unknown split names {sorted(bad)}; use train, val, test")
+        return v
+
+
 class Params(_Strict):
     ingest: IngestConfig = IngestConfig()
+    qc: QCConfig = QCConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+    train: TrainConfig = TrainConfig()
+    stage1: StageConfig = StageConfig()
+    stage2: StageConfig = StageConfig()
+    stage3: StageConfig = StageConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    # Named overrides of the sections above (e.g. `smoke`); see unimedvl.train.stages.resolve_params.
+    profiles: dict[str, dict[str, Any]] = {}
 
 
 class ParamsError(ValueError):

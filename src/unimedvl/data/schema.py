@@ -183,7 +183,7 @@ REASONS = {
     "unsupported_transfer_syntax": "no installed decoder handles this DICOM transfer syntax",
     "burned_in_annotation": "the DICOM says text is burned into the pixels (BurnedInAnnotation=YES)",
     "modality_not_allowed": "the modality is not on the clinical allow-list",
-    "blank_image": "every pixel has the same value: there is nothing to learn from",
+    "blank_image": "the image is (near-)constant: there is nothing to learn from (qc: std below qc.blank_std)",
     "synthetic_pixels": "a package test file whose header is real but whose pixels are a synthetic pattern",
     "duplicate_encoding": "the same image already came in through another transfer syntax",
     "malformed_json": "a JSON/JSONL document or line could not be parsed",
@@ -194,6 +194,33 @@ REASONS = {
     "path_escape": "an image path points outside the input folder",
     "unreadable": "the file could not be read",
 }
+# Codes the qc step adds (src/unimedvl/qc names which check or expectation gives which code).
+QC_REASONS: dict[str, str] = {
+    # Great Expectations, row level (expectations.py names which expectation gives which code)
+    "malformed_turns": "message turns are not human/gpt alternating, starting with the human",
+    "placeholder_mismatch": "the number of <image> placeholders differs from the number of input images",
+    "image_too_small": "an image's shorter side is below qc.min_side",
+    "image_too_big": "an image's longer side is above qc.max_side",
+    "empty_answer": "a VQA record has an empty answer",
+    "caption_length": "a caption/report is outside qc.caption_min_chars..caption_max_chars",
+    "duplicate_id": "two records share one id",
+    # image checks
+    "unsupported_bit_depth": "the image is not 8-bit grey, 16-bit grey or 8-bit RGB",
+    "size_mismatch": "the decoded image size differs from the size the record declares",
+    "saturated_image": "too many pixels sit at the top of the range (qc.saturated_fraction)",
+    "extreme_aspect_ratio": "the image is longer than qc.max_aspect times its width (or the reverse)",
+    # text checks
+    "text_length": "a turn is blank or longer than qc.max_turn_chars",
+    "residual_phi": "text still matches a PHI pattern (date, phone, e-mail, ID number, titled name)",
+    "mojibake": "text holds replacement/control characters or UTF-8 decoded as Latin-1",
+    "language_mismatch": "the language tag does not match the script of the text",
+    # duplicates, leakage, alignment
+    "duplicate_record": "same image(s), task and text as an earlier record of the same split",
+    "split_leakage": "an image (near-)duplicates an image of a later split (val or test)",
+    "text_leakage": "the report text near-duplicates a report text of a later split (val or test)",
+    "low_alignment": "image-text alignment score below the kept top fraction",
+}
+REASONS.update(QC_REASONS)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from types import ModuleType
 # name -> module (imported lazily: some adapters need optional packages).
 SOURCES = {
     "packaged": "packaged",
+    "phantom": "phantom",
     "slake": "slake",
     "vqa_rad": "vqa_rad",
     "path_vqa": "path_vqa",

@@ -1,0 +1,86 @@
+"""Duplicate search: the multi-index Hamming search, the perceptual hash, MinHash, the alignment cut."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tests.unit.test_qc_checks import near_copy, phantom
+from unimedvl.qc.alignment import AlignmentScorer, below_cut
+from unimedvl.qc.dedup import (
+    brute_force_pairs,
+    correlation,
+    hamming,
+    minhash,
+    minhash_pairs,
+    near_pairs,
+    phash,
+    pixel_hash,
+    plan,
+    thumbnail,
+)
+
+
+def clustered_hashes(n: int, radius: int, seed: int = 0) -> np.ndarray:
+    """Clusters of 5 around random centres, members 0..radius+2 bits away (some just outside)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 2**63, size=n // 5, dtype=np.uint64) * np.uint64(2)
+    h = np.repeat(centres, 5)
+    flips = rng.integers(0, radius + 3, size=len(h))
+    for c in range(radius + 2):
+        use = c < flips
+        h[use] ^= np.uint64(1) << rng.integers(0, 64, size=int(use.sum())).astype(np.uint64)
+    return h
+
+
+def test_near_pairs_equals_brute_force():
+    for radius in (0, 3, 5, 8):
+        h = clustered_hashes(3000, radius, seed=radius)
+        got = {tuple(p) for p in near_pairs(h, radius).tolist()}
+        want = {tuple(p) for p in brute_force_pairs(h, radius).tolist()}
+        assert got == want and len(want) > 100
+
+
+def test_plan_keeps_buckets_small_and_obeys_the_pigeonhole():
+    for n in (10**4, 10**6):
+        for t in (2, 5, 8):
+            p = plan(n, t)
+            assert p.blocks * (p.radius + 1) > t  # some block is within `radius` of its partner
+            assert 2 ** min(p.widths) >= n / 64  # buckets of ~log2(n) bits
+
+
+def test_pixel_hash_is_on_pixels_not_bytes():
+    a = phantom(1)
+    assert pixel_hash(a) == pixel_hash(a.copy()) != pixel_hash(phantom(2))
+    assert pixel_hash(a) != pixel_hash(a.astype(np.uint16))
+
+
+def test_near_copy_is_caught_and_another_image_of_the_same_modality_is_not():
+    a, copy, other = phantom(11), near_copy(phantom(11)), phantom(12)
+    assert copy.shape != a.shape  # resized, shifted, JPEG re-encoded
+    assert hamming(phash(a), phash(copy)) <= 8
+    assert correlation(thumbnail(a), thumbnail(copy)) >= 0.88
+    assert correlation(thumbnail(a), thumbnail(other)) < 0.88
+
+
+def test_minhash_finds_the_same_report_reworded_slightly():
+    r1 = ("FINDINGS: The heart is normal in size. The mediastinum is unremarkable. There is a 1 cm nodule in the "
+          "right upper lobe. No pleural effusion or pneumothorax. IMPRESSION: Right upper lobe nodule.")
+    r2 = r1.replace("IMPRESSION:", "IMPRESSION -").replace("1 cm", "1 cm ")
+    r3 = "FINDINGS: Large left pleural effusion with compressive atelectasis. Heart size cannot be assessed."
+    sigs = np.stack([minhash(r1), minhash(r2), minhash(r3)])
+    pairs = minhash_pairs(sigs, 0.8)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 1)]
+
+
+def test_alignment_cut_keeps_the_top_fraction_and_unjudged_records():
+    drop, cut = below_cut([0.9, 0.1, math.nan, 0.5, 0.5, 0.3], 0.5)
+    assert cut == 0.5 and drop == [False, True, False, False, False, True]  # 3 of 5 judged kept
+    assert below_cut([0.5, 0.5, 0.5, 0.5], 0.5)[0] == [False, False, True, True]  # ties: exact fraction
+
+    class Const:
+        def score(self, records):
+            return [1.0] * len(records)
+
+    assert isinstance(Const(), AlignmentScorer)
