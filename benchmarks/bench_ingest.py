@@ -63,7 +63,7 @@ def floor(cfg: IngestConfig, rejected: set[str]) -> int:
         try:
             ds = pydicom.dcmread(cand.path, stop_before_pixels=True)
             frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-            stack = [pixel_array(cand.path, index=i if frames > 1 else None) for i in _evenly(frames, 8)]
+            stack = [pixel_array(cand.path, index=i if frames > 1 else None) for i in _evenly(frames, cfg.packaged.frames_per_series)]
         except Exception:  # noqa: BLE001 - the floor skips what cannot be decoded
             continue
         for frame in stack:
@@ -74,14 +74,14 @@ def floor(cfg: IngestConfig, rejected: set[str]) -> int:
         if base is None:
             continue
         data = np.asanyarray(nib.load(base / entry.rel).dataobj)
-        if data.ndim == 4:
-            data = data[..., 0]
-        if data.ndim != 3:
-            continue
-        for axis in range(3):
-            for k in _evenly(data.shape[axis], cfg.packaged.slices_per_volume):
-                encode_png(resize_max_side(_minmax(np.take(data, k, axis=axis)), cfg.max_side))
-                images += 1
+        vols = [data] if data.ndim == 3 else [data[..., t] for t in _evenly(data.shape[3], cfg.packaged.frames_per_series)]
+        for vol in vols:
+            for axis in range(3):
+                if min(s for i, s in enumerate(vol.shape) if i != axis) < packaged.MIN_SIDE:
+                    continue
+                for k in _evenly(vol.shape[axis], cfg.packaged.slices_per_volume):
+                    encode_png(resize_max_side(_minmax(vol[(slice(None),) * axis + (k,)]), cfg.max_side))
+                    images += 1
     for pic in packaged.PICTURES:
         base = packaged.package_dir(pic.package)
         if base is None or pic.kind != "image":

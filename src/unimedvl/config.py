@@ -27,9 +27,9 @@ class SourceSpec(_Strict):
 class PackagedConfig(_Strict):
     """How the embedded real corpus slices its volumes and frames."""
 
-    slices_per_volume: int = Field(32, ge=1, description="2D slices taken per plane of each 3D volume")
+    slices_per_volume: int = Field(96, ge=1, description="2D slices taken per plane of each 3D volume")
     planes: tuple[str, ...] = ("axial", "coronal", "sagittal")
-    frames_per_series: int = Field(8, ge=1, description="frames taken from each multi-frame DICOM / 4D volume")
+    frames_per_series: int = Field(16, ge=1, description="frames taken from each multi-frame DICOM / 4D volume")
     reports: bool = True  # include the 3,955 Indiana University chest X-ray reports
 
     @field_validator("planes")

@@ -400,7 +400,7 @@ def test_a_bad_or_missing_volume_is_one_quarantine_line_each(monkeypatch):
         entry("nibabel", "tests/data/README.rst", "g1", "nibabel", None),  # not a volume
         entry("nibabel", "tests/data/no-such-file.nii.gz", "g2", "nibabel", None),
         entry("no_such_package_xyz", "data/x.nii.gz", "g3", "x", None),
-        entry("nibabel", "tests/data/anatomical.nii", "g4", "nibabel", None),
+        entry("nilearn", "datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz", "g4", "nilearn", None),
     ))
     shots = packaged.Shots()
     items = list(packaged._volume_shots(_ctx(IngestConfig(packaged=PackagedConfig(slices_per_volume=1))), shots))

@@ -57,7 +57,7 @@ from .packaged_reports import iter_reports
 NAME = "packaged"
 NEEDS_INPUT = False
 
-MIN_SIDE = 16  # a volume plane with fewer voxels than this on a side gives no useful 2D image
+MIN_SIDE = 32  # a volume plane with fewer voxels than this on a side gives no useful 2D image (= qc.min_side)
 CENTRAL = 0.8  # slices come from the central 80% of the extent the anatomy occupies
 INSTALL_HINT = "install the corpus extras: pip install -e '.[corpus]' (or `make setup`)"
 

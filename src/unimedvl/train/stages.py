@@ -1,0 +1,465 @@
+"""`run_stage`: the one function behind `unimedvl train --stage ...`, the DVC stages and the KFP
+components, for tokenizer, autoencoder, stage1, stage2 and stage3.
+
+Every stage writes a folder. `tokenizer` writes `tokenizer.json` (+ lineage.json); the others write a
+model folder in the released layout (ema.safetensors, model.safetensors, ae.safetensors, the config
+JSONs, tokenizer.json, lineage.json). Each starts from the previous stage's folder, by default the
+sibling folder named after that stage (`models/stage1` starts from `models/autoencoder`).
+
+Profiles. `params.yaml` holds the demo values; `profiles.<name>` holds overrides of any section,
+applied when the profile is selected: `--profile NAME`, else env `UNIMEDVL_PROFILE`, else
+`train.profile` (default `demo`, which has no overrides). The `smoke` profile runs the whole pipeline
+in under two minutes for the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Params
+from .curriculum import PREVIOUS, TRAIN_STAGES, StageSpec, get_curriculum
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (missing or incompatible input); the message says what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Params: profiles and the resolved stage spec.
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "mixture" else v
+    return out
+
+
+def resolve_params(params: Params, profile: str | None = None) -> Params:
+    """Apply the selected profile's overrides (validated like params.yaml itself)."""
+    name = profile or os.environ.get("UNIMEDVL_PROFILE") or params.train.profile
+    if name in (None, "", "demo") and "demo" not in params.profiles:
+        return params
+    if name not in params.profiles:
+        raise StageError(f"unknown profile {name!r}; params.yaml defines: {', '.join(['demo', *params.profiles]) }")
+    merged = _merge(params.model_dump(), params.profiles[name])
+    merged.setdefault("train", {})["profile"] = name
+    return Params(**merged)
+
+
+def stage_spec(params: Params, stage: str) -> StageSpec:
+    base = get_curriculum(params.train.curriculum)[stage]
+    return base.override(**getattr(params, stage).model_dump())
+
+
+def params_hash(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Progress bar: rank 0 writes progress.json, the driver shows it.
+
+
+class _Progress:
+    def __init__(self, path: Path, title: str, total: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self._stop = threading.Event()
+        self._thread = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(),
+                            transient=False)
+        self.task = self.bar.add_task(title, total=total, loss=float("nan"), tps=0.0)
+        self.bar.start()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            self.update()
+
+    def update(self, **kw) -> None:
+        if not self.enabled:
+            return
+        if not kw:
+            try:
+                d = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                return
+            kw = {"completed": d["step"], "loss": d["loss"], "tps": d.get("tokens_per_s", 0.0)}
+        self.bar.update(self.task, **kw)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.update()
+        self.bar.stop()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared bits.
+
+
+def _repo_root() -> Path:
+    from .tracking import repo_root
+
+    return repo_root()
+
+
+def _tracking(params: Params, data_dir: Path, stage: str, run_params: dict[str, Any]):
+    from .tracking import (
+        Tracker,
+        git_commit,
+        manifest_sha256,
+        pipeline_key,
+        tracking_uri,
+    )
+
+    uri = tracking_uri(params.tracking.uri)
+    tracker = Tracker(uri, params.tracking.experiment, enabled=params.tracking.enabled)
+    tags = {"git_commit": git_commit(), "data_manifest_sha256": manifest_sha256(data_dir),
+            "unimedvl.profile": params.train.profile}
+    parent = tracker.parent_run(pipeline_key(data_dir), tags)
+    child = tracker.child_run(parent, stage, run_params, tags)
+    return tracker, child, uri, tags
+
+
+def _lineage(data_dir: Path, params_h: str, parent: Path | None, stage: str, extra: dict | None = None) -> dict:
+    from .tracking import git_commit, manifest_sha256
+
+    return {"data_manifest_sha256": manifest_sha256(data_dir), "git_commit": git_commit(), "params_hash": params_h,
+            "parent_checkpoint": str(parent) if parent else None, "extra": {"stage": stage, **(extra or {})}}
+
+
+def _previous(stage: str, out_dir: Path, prev_dir: Path | None) -> Path:
+    prev = PREVIOUS[stage]
+    folder = Path(prev_dir) if prev_dir else out_dir.parent / prev
+    need = "tokenizer.json" if prev == "tokenizer" else "ema.safetensors"
+    if not (folder / need).exists():
+        raise StageError(
+            f"{stage} starts from the {prev} stage's output {folder}, which "
+            f"{'does not exist' if not folder.exists() else f'has no {need}'}: run "
+            f"`unimedvl train --stage {prev} --output {folder}` first (or point --from at a {prev} folder)")
+    if prev != "tokenizer" and (folder / "lineage.json").exists() and not prev_dir:
+        got = json.loads((folder / "lineage.json").read_text()).get("extra", {}).get("stage")
+        if got and got != prev:
+            raise StageError(f"{folder} was written by stage {got!r}, but {stage} starts from a {prev!r} folder")
+    return folder
+
+
+def _check_compatible(folder: Path, params: Params) -> None:
+    """Refuse a previous folder whose model does not match the configured preset (apart from the
+    vocabulary, which the tokenizer decides) or whose weights do not load cleanly."""
+    from ..model.checkpoint import read_config
+    from ..model.config import get_preset
+
+    try:
+        have = read_config(folder)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StageError(f"{folder} is not a model folder this version can read: {e}") from None
+    want = get_preset(params.train.preset)
+    diffs = []
+    for part in ("llm", "vit", "vae"):
+        a, b = getattr(have, part).__dict__, getattr(want, part).__dict__
+        for k in a:
+            if k in ("vocab_size", "scale_factor", "shift_factor"):
+                continue
+            if a[k] != b.get(k):
+                diffs.append(f"{part}.{k}: folder {a[k]} vs preset {b.get(k)}")
+    if diffs:
+        raise StageError(f"{folder} holds a model incompatible with train.preset={params.train.preset!r}: "
+                         + "; ".join(diffs[:6]) + ("" if len(diffs) <= 6 else f" (+{len(diffs) - 6} more)"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The stages.
+
+
+def run_stage(
+    stage: str,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    params: Params,
+    *,
+    init: str | Path | None = None,
+    prev_dir: str | Path | None = None,
+    max_steps: int | None = None,
+    ray_address: str | None = None,
+    profile: str | None = None,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    metrics_path: str | Path | None = None,
+    test_hooks: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one pipeline stage; returns its summary (also written to `metrics_path`, by default
+    `<out_dir>.metrics.json` beside the output folder, outside it so DVC can track both)."""
+    params = resolve_params(params, profile)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not (data_dir / "manifest.json").exists():
+        raise StageError(f"{data_dir} holds no data set (no manifest.json): run `unimedvl ingest` / `unimedvl qc` first")
+    t0 = time.perf_counter()
+    if stage == "tokenizer":
+        summary = _tokenizer_stage(data_dir, out_dir, params, init)
+    elif stage == "autoencoder":
+        summary = _autoencoder_stage(data_dir, out_dir, params, init, prev_dir, max_steps, progress)
+    elif stage in TRAIN_STAGES:
+        summary = _train_stage(stage, data_dir, out_dir, params, prev_dir, max_steps, ray_address, progress,
+                               checkpoint_dir, test_hooks or {})
+    else:
+        raise StageError(f"unknown stage {stage!r}; choose one of tokenizer, autoencoder, {', '.join(TRAIN_STAGES)}")
+    summary["wall_s"] = round(time.perf_counter() - t0, 2)
+    mp = Path(metrics_path) if metrics_path else out_dir.with_name(out_dir.name + ".metrics.json")
+    mp.parent.mkdir(parents=True, exist_ok=True)
+    mp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def _tokenizer_stage(data_dir: Path, out_dir: Path, params: Params, init) -> dict[str, Any]:
+    from ..model.tokenizer import load_tokenizer, train_tokenizer
+    from .data import all_texts
+
+    cfg = params.tokenizer
+    out_dir.mkdir(parents=True, exist_ok=True)
+    init = init or cfg.init
+    if init:
+        tok = load_tokenizer(init)
+        tok.save(out_dir / "tokenizer.json")
+    else:
+        tok = train_tokenizer(all_texts(data_dir, "train", cfg.max_texts), cfg.vocab_size, out_dir / "tokenizer.json")
+    h = params_hash("tokenizer", cfg.model_dump())
+    (out_dir / "lineage.json").write_text(json.dumps(_lineage(data_dir, h, Path(init) if init else None, "tokenizer"),
+                                                     indent=2, sort_keys=True) + "\n")
+    tracker, run_id, _, _ = _tracking(params, data_dir, "tokenizer", {"tokenizer": cfg.model_dump()})
+    tracker.log_metrics(run_id, [(0, {"vocab_size": tok.vocab_size})])
+    tracker.log_artifact(run_id, out_dir / "tokenizer.json")
+    tracker.end(run_id)
+    return {"stage": "tokenizer", "vocab_size": tok.vocab_size, "run_id": run_id}
+
+
+def _autoencoder_stage(data_dir: Path, out_dir: Path, params: Params, init, prev_dir, max_steps, progress) -> dict[str, Any]:
+    """Fit the generation autoencoder (reconstruction + KL), then build the full model around it with
+    the latent scale and shift measured on the data, so latents are roughly unit-variance."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from ..model.checkpoint import save_model
+    from ..model.config import get_preset
+    from ..model.tokenizer import load_tokenizer
+    from ..model.unimedvl import build_model
+    from .data import all_images, image_tensor
+    from .tracking import SystemMetrics, image_grid_png, loss_curves_png
+
+    cfg = params.autoencoder
+    torch.set_num_threads(params.train.cpus_per_worker)
+    prev = _previous("autoencoder", out_dir, Path(prev_dir) if prev_dir else None)
+    tok = load_tokenizer(prev)
+    torch.manual_seed(params.train.seed)
+    mcfg = get_preset(params.train.preset)
+    mcfg = mcfg.replace(llm=replace(mcfg.llm, vocab_size=tok.vocab_size))
+    model = build_model(mcfg)
+    ae = model.autoencoder
+    images = all_images(data_dir, "train", limit=2048, seed=params.train.seed)
+    if not images:
+        raise StageError(f"{data_dir} has no training images to fit the autoencoder on")
+    res = cfg.resolution
+    data = torch.stack([image_tensor(b, res) for b in images])
+    held = data[: min(16, len(data))]
+    run_params = {"autoencoder": cfg.model_dump(), "train": params.train.model_dump(), "model": mcfg.to_dict()}
+    tracker, run_id, uri, _ = _tracking(params, data_dir, "autoencoder", run_params)
+    sysm = SystemMetrics(uri, run_id, params.tracking.system_metrics_interval, params.tracking.system_metrics)
+    init = init or cfg.init
+    rows: list[dict] = []
+
+    def recon_loss() -> float:
+        with torch.no_grad():
+            mean, _ = ae.encoder(held).chunk(2, dim=1)
+            return float(((ae.decoder(mean) - held) ** 2).mean())
+
+    start_loss = None
+    steps = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+    if init:
+        state = load_file(str(init))
+        missing, unexpected = ae.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise StageError(f"{init} does not fit the {params.train.preset} autoencoder: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        steps = 0
+    start_loss = recon_loss()
+    if steps:
+        # Fit in the raw (unscaled) latent space; encode/decode add the scale and shift afterwards.
+        ae.requires_grad_(True).train()
+        opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item())))
+        gen = torch.Generator().manual_seed(params.train.seed)
+        bar = _Progress(out_dir, "autoencoder", steps, progress)
+        t_last = time.perf_counter()
+        for step in range(steps):
+            idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
+            c = min(cfg.crop, res)
+            oy, ox = (int(v) for v in torch.randint(res - c + 1, (2,), generator=gen))
+            x = data[idx][:, :, oy : oy + c, ox : ox + c]
+            mean, logvar = ae.encoder(x).chunk(2, dim=1)
+            logvar = logvar.clamp(-30, 20)
+            z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+            recon = ae.decoder(z)
+            rec = ((recon - x) ** 2).mean()
+            kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
+            loss = rec + cfg.kl_weight * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = float(torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0))
+            opt.step()
+            sched.step()
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            loss, rec, kl = loss.detach(), rec.detach(), kl.detach()
+            rows.append({"step": step + 1, "loss": float(loss), "mse": float(rec), "kl": float(kl), "grad_norm": gn,
+                         "lr": sched.get_last_lr()[0], "samples_per_s": cfg.batch_size / dt, "ce": float("nan")})
+            bar.update(completed=step + 1, loss=float(loss), tps=cfg.batch_size / dt)
+        bar.close()
+        ae.requires_grad_(False).eval()
+        tracker.log_metrics(run_id, [(r["step"], {k: r[k] for k in ("loss", "mse", "kl", "grad_norm", "lr", "samples_per_s")})
+                                     for r in rows])
+    end_loss = recon_loss()
+    # Latent statistics -> scale and shift (FLUX's are fixed constants measured the same way).
+    with torch.no_grad():
+        mean = torch.cat([ae.encoder(data[i : i + 32]).chunk(2, dim=1)[0] for i in range(0, min(len(data), 256), 32)])
+    shift, scale = float(mean.mean()), float(1.0 / (mean.std() + 1e-6))
+    if init:
+        shift, scale = mcfg.vae.shift_factor, mcfg.vae.scale_factor
+    final_cfg = mcfg.replace(vae=replace(mcfg.vae, scale_factor=scale, shift_factor=shift))
+    final = build_model(final_cfg, special=tok.special)
+    final.load_state_dict({**{k: v for k, v in model.state_dict().items() if not k.startswith("autoencoder.")},
+                           **{f"autoencoder.{k}": v for k, v in ae.state_dict().items()}})
+    h = params_hash("autoencoder", cfg.model_dump(), params.train.preset, params.train.seed)
+    lineage = _lineage(data_dir, h, prev, "autoencoder", {"heldout_recon_start": start_loss, "heldout_recon_end": end_loss,
+                                                           "init": str(init) if init else None})
+    save_model(final, out_dir, lineage=lineage, tokenizer=tok)
+    art = out_dir.parent / f".{out_dir.name}-artifacts"
+    if rows:
+        tracker.log_artifact(run_id, loss_curves_png(rows, [{"step": 0, "loss": start_loss, "ce": float("nan"), "mse": start_loss},
+                                                            {"step": steps, "loss": end_loss, "ce": float("nan"), "mse": end_loss}],
+                                                     art / "loss_curves.png", "autoencoder"))
+    with torch.no_grad():
+        recon = final.autoencoder(held[:4]).clamp(-1, 1)
+    tracker.log_artifact(run_id, image_grid_png([*held[:4], *recon], ["input"] * len(held[:4]) + ["reconstruction"] * len(recon),
+                                                art / "reconstructions.png"))
+    tracker.log_metrics(run_id, [(steps, {"heldout_recon_start": start_loss, "heldout_recon_end": end_loss,
+                                          "latent_scale": scale, "latent_shift": shift})])
+    tracker.log_artifact(run_id, out_dir, "model")
+    sysm.stop()
+    tracker.end(run_id)
+    return {"stage": "autoencoder", "steps": steps, "heldout_start": {"loss": start_loss}, "heldout_end": {"loss": end_loss},
+            "latent_scale": scale, "latent_shift": shift, "run_id": run_id, "fitted": not init}
+
+
+def _train_stage(stage: str, data_dir: Path, out_dir: Path, params: Params, prev_dir, max_steps, ray_address, progress,
+                 checkpoint_dir, hooks: dict[str, Any]) -> dict[str, Any]:
+    import yaml
+
+    from .ray_job import LOSSES, PROGRESS, read_losses, run_training
+    from .tracking import SystemMetrics, loss_curves_png, manifest_sha256
+
+    spec = stage_spec(params, stage)
+    prev = _previous(stage, out_dir, Path(prev_dir) if prev_dir else None)
+    _check_compatible(prev, params)
+    from ..model.checkpoint import load_model
+
+    _, report = load_model(prev)
+    if not report.ok:
+        raise StageError(f"{prev} does not load cleanly: missing {report.missing[:3]}, unexpected {report.unexpected[:3]}, "
+                         f"mismatched {report.mismatched[:3]}")
+    total = spec.steps if max_steps is None else min(spec.steps, max_steps)
+    tc = params.train
+    prev_files = json.loads((prev / "lineage.json").read_text()).get("files", {}) if (prev / "lineage.json").exists() else {}
+    h = params_hash(stage, spec.to_dict(), total, tc.preset, tc.seed, tc.workers, tc.strategy, tc.deepspeed.model_dump(),
+                    tc.precision, prev_files, manifest_sha256(data_dir), hooks.get("mixture_by_rank"))
+    root = _repo_root()
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else (root / tc.checkpoint_dir / f"{stage}-{h}")
+    ckpt.mkdir(parents=True, exist_ok=True)
+    resolved = {"stage": spec.to_dict(), "train": tc.model_dump(), "tracking": params.tracking.model_dump(),
+                "steps": total, "params_hash": h, "init_from": str(prev), "data": str(data_dir)}
+    tracker, run_id, uri, tags = _tracking(params, data_dir, stage, resolved)
+    sysm = SystemMetrics(uri, run_id, params.tracking.system_metrics_interval, params.tracking.system_metrics)
+    config = {
+        "spec": spec.to_dict(), "total_steps": total, "seed": tc.seed, "strategy": tc.strategy,
+        "deepspeed": tc.deepspeed.model_dump(), "precision": tc.precision, "checkpoint_every": tc.checkpoint_every,
+        "checkpoint_dir": str(ckpt.resolve()), "data_dir": str(data_dir.resolve()), "init_dir": str(prev.resolve()),
+        "out_dir": str(out_dir.resolve()), "run_id": run_id, "tracking_uri": uri, "experiment": params.tracking.experiment,
+        "heldout_samples": tc.heldout_samples, "log_every": tc.log_every, "progress_file": str((ckpt / PROGRESS).resolve()),
+        "languages": list(params.ingest.mixture_languages),
+        "lineage": _lineage(data_dir, h, prev, stage, {"curriculum": tc.curriculum, "profile": tc.profile}),
+        "torch_extensions_dir": str((root / "build" / "torch_extensions").resolve()),
+        **hooks,
+    }
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", config["torch_extensions_dir"])
+    bar = _Progress(ckpt / PROGRESS, stage, total, progress)
+    status = "FAILED"
+    try:
+        result = run_training(config, backend="local" if (tc.backend == "local" and not ray_address) else "ray",
+                              workers=tc.workers, cpus_per_worker=tc.cpus_per_worker, use_gpu=tc.use_gpu,
+                              resources_per_worker=tc.resources_per_worker, max_failures=tc.max_failures,
+                              ray_address=ray_address, storage_path=root / "build" / "ray_results",
+                              verbose=bool(hooks.get("verbose")))
+        status = "FINISHED"
+    finally:
+        bar.close()
+        sysm.stop()
+        if status != "FINISHED":
+            tracker.end(run_id, "FAILED")
+    rows = read_losses(ckpt)
+    art = ckpt / "artifacts"
+    art.mkdir(exist_ok=True)
+    held = [{"step": result["start_step"] if result["start_step"] == 0 else 0, **result["heldout_start"]},
+            {"step": result["steps"], **result["heldout_end"]}]
+    if rows:
+        tracker.log_artifact(run_id, loss_curves_png(rows, held, art / "loss_curves.png", f"{stage} ({tc.profile})"))
+    (art / "resolved_config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=False))
+    tracker.log_artifact(run_id, art / "resolved_config.yaml")
+    tracker.log_artifact(run_id, out_dir / "tokenizer.json")
+    grid = sample_grid(out_dir, tc.grid_prompts, tc.grid_steps, tc.seed, art / "samples.png")
+    tracker.log_artifact(run_id, grid)
+    tracker.log_artifact(run_id, out_dir, "model")
+    tracker.log_artifact(run_id, ckpt / LOSSES)
+    tracker.end(run_id)
+    return {**result, "run_id": run_id, "checkpoint_dir": str(ckpt), "params_hash": h, "tags": tags}
+
+
+def sample_grid(folder: Path, prompts: tuple[str, ...], steps: int, seed: int, out: Path) -> Path:
+    """Images generated by the model in `folder` (EMA weights) from fixed prompts, side by side."""
+    from ..model.checkpoint import load_model
+    from ..model.tokenizer import load_tokenizer
+    from ..model.unimedvl import Text
+    from .tracking import image_grid_png
+
+    model, _ = load_model(folder, "ema")
+    model.eval()
+    tok = load_tokenizer(folder)
+    sp = tok.special
+    images = []
+    for i, prompt in enumerate(prompts):
+        segs = [Text([sp.bos, *tok.encode("user\n")]), Text(tok.encode(prompt)),
+                Text([sp.eos, *tok.encode("\n"), sp.bos, *tok.encode("assistant\n")])]
+        images.append(model.generate_image(segs, num_steps=steps, cfg_text_scale=4.0,
+                                           generator=torch.Generator().manual_seed(seed + i)))
+    return image_grid_png(images, list(prompts), out)
