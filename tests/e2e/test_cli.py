@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import write_png
 
@@ -74,17 +75,28 @@ def test_bad_params_file_is_reported_with_the_key(tmp_path):
 
 @pytest.mark.slow
 def test_dvc_repro_runs_the_pipeline_on_the_packaged_corpus(tmp_path):
-    """The README's main command underneath: `dvc repro` in a fresh git repository."""
+    """The README's main command underneath: `dvc repro` of every stage in a fresh git repository."""
     work = tmp_path / "repo"
     work.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "src"):
+    for name in ("dvc.yaml", "src"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    # The smoke profile: the same stages with fewer steps and phantoms (the demo is `make repro`).
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["profile"] = "smoke"
+    params["ingest"]["phantom"]["count"] = 120
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "UNIMEDVL_SECRET_KEY": "repro-key"}
     for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=work, check=True, env=env)
     done = subprocess.run([str(BIN / "dvc"), "repro"], cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     manifest = json.loads((work / "data" / "ingest" / "manifest.json").read_text())
-    assert manifest["by_source"]["packaged"]["accepted"] > 1000
+    assert manifest["by_source"]["packaged"]["accepted"] > 1000 and manifest["distinct_images"] >= 1000
+    qc = json.loads((work / "qc" / "metrics.json").read_text())
+    assert qc["accepted"] + qc["quarantined"] == qc["seen"] == manifest["accepted"]
+    for stage in ("tokenizer", "autoencoder", "stage1", "stage2", "stage3"):
+        assert (work / "models" / stage / "lineage.json").exists(), stage
+    for name in ("ema.safetensors", "ae.safetensors", "llm_config.json", "vit_config.json", "tokenizer.json"):
+        assert (work / "models" / "stage3" / name).exists(), name
     assert (work / "dvc.lock").exists()
