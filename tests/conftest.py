@@ -10,3 +10,14 @@ def _test_key(monkeypatch, tmp_path_factory):
     keydir = tmp_path_factory.mktemp("key")
     monkeypatch.setenv("UNIMEDVL_SECRET_FILE", str(keydir / "secret.key"))
     monkeypatch.delenv("UNIMEDVL_SECRET_KEY", raising=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run faster on one thread, and a shared 2-core machine makes two threads thrash."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

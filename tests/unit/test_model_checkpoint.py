@@ -14,12 +14,7 @@ from unimedvl.model.config import PRESETS, LLMConfig, ModelConfig, ViTConfig
 from unimedvl.model.unimedvl import build_model, main_state_dict
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def released_shapes(llm: dict, vit: dict, max_latent: int, vit_side: int) -> dict[str, tuple[int, ...]]:

@@ -21,13 +21,7 @@ from unimedvl.model.unimedvl import (
 from unimedvl.model.vision import patchify_image
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and a shared 2-core machine makes two threads thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 EOS = DEFAULT_SPECIAL.eos

@@ -12,12 +12,7 @@ from unimedvl.train.curriculum import PAPER, TINY, apply_freezing, normalise
 from unimedvl.train.data import MixtureLoader, ShardStore
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ the position tables stored in ema.safetensors.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.shards import sha256_file
 from .config import PRESETS, LLMConfig, ModelConfig, VAEConfig, ViTConfig
 from .unimedvl import DEFAULT_SPECIAL, UniMedVL, autoencoder_state_dict, main_state_dict
 
@@ -78,14 +78,6 @@ def vit_config_json(cfg: ViTConfig) -> dict[str, Any]:
     return d
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -114,7 +106,7 @@ def save_model(
     if tokenizer is not None:
         tokenizer.save(folder / "tokenizer.json")
     lin = asdict(lineage) if isinstance(lineage, Lineage) else dict(lineage or {})
-    lin["files"] = {p.name: _sha256(p) for p in sorted(folder.glob("*.safetensors"))}
+    lin["files"] = {p.name: sha256_file(p) for p in sorted(folder.glob("*.safetensors"))}
     (folder / "lineage.json").write_text(json.dumps(lin, indent=2, sort_keys=True) + "\n")
     return folder
 

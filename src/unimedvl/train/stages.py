@@ -442,7 +442,9 @@ def _train_stage(stage: str, data_dir: Path, out_dir: Path, params: Params, prev
     tracker.log_artifact(run_id, out_dir, "model")
     tracker.log_artifact(run_id, ckpt / LOSSES)
     tracker.end(run_id)
-    return {**result, "run_id": run_id, "checkpoint_dir": str(ckpt), "params_hash": h, "tags": tags}
+    # Relative to the repo where possible: the metrics file is committed and read on other machines.
+    shown = ckpt.resolve().relative_to(root.resolve()) if ckpt.resolve().is_relative_to(root.resolve()) else ckpt
+    return {**result, "run_id": run_id, "checkpoint_dir": str(shown), "params_hash": h, "tags": tags}
 
 
 def sample_grid(folder: Path, prompts: tuple[str, ...], steps: int, seed: int, out: Path) -> Path:
