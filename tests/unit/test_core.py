@@ -12,7 +12,7 @@ import pytest
 from unimedvl.config import IngestConfig, ParamsError, load_params
 from unimedvl.data import images
 from unimedvl.data.privacy import Keyed, load_key, scrub_path, scrub_text, split_for
-from unimedvl.data.schema import RECORD_SCHEMA, Image, Quarantine, Record, Rejected, Turn
+from unimedvl.data.schema import RECORD_SCHEMA, Quarantine, Record, Rejected, Turn
 from unimedvl.data.shards import DatasetWriter, read_manifest, read_quarantine, read_table, select_mixture
 
 

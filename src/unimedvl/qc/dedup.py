@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image as PILImage
-from scipy.fft import dctn
 
 # --- image hashes ------------------------------------------------------------------------------
 
