@@ -26,7 +26,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 
 from unimedvl.config import IngestConfig, SourceSpec
-from unimedvl.data.images import encode_png, resize_max_side
+from unimedvl.data.images import encode_png, evenly_spaced, resize_max_side
 from unimedvl.data.shards import read_quarantine
 from unimedvl.data.ingest import ingest
 from unimedvl.data.sources import packaged
@@ -37,10 +37,6 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
     a = np.asarray(arr, dtype=np.float32)
     lo, hi = float(a.min()), float(a.max())
     return ((a - lo) / (hi - lo or 1.0) * 255).astype(np.uint8)
-
-
-def _evenly(n: int, k: int) -> list[int]:
-    return sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, k))})
 
 
 def floor(cfg: IngestConfig, rejected: set[str]) -> int:
@@ -63,30 +59,30 @@ def floor(cfg: IngestConfig, rejected: set[str]) -> int:
         try:
             ds = pydicom.dcmread(cand.path, stop_before_pixels=True)
             frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-            stack = [pixel_array(cand.path, index=i if frames > 1 else None) for i in _evenly(frames, cfg.packaged.frames_per_series)]
+            stack = [pixel_array(cand.path, index=i if frames > 1 else None) for i in evenly_spaced(frames, cfg.packaged.frames_per_series)]
         except Exception:  # noqa: BLE001 - the floor skips what cannot be decoded
             continue
         for frame in stack:
             encode_png(resize_max_side(_minmax(frame), cfg.max_side))
             images += 1
     for entry in packaged.VOLUMES:
-        base = packaged.package_dir(entry.package)
-        if base is None:
+        _, path = packaged._package_file(entry.package, entry.rel)
+        if path is None:
             continue
-        data = np.asanyarray(nib.load(base / entry.rel).dataobj)
-        vols = [data] if data.ndim == 3 else [data[..., t] for t in _evenly(data.shape[3], cfg.packaged.frames_per_series)]
+        data = np.asanyarray(nib.load(path).dataobj)
+        vols = [data] if data.ndim == 3 else [data[..., t] for t in evenly_spaced(data.shape[3], cfg.packaged.frames_per_series)]
         for vol in vols:
             for axis in range(3):
                 if min(s for i, s in enumerate(vol.shape) if i != axis) < packaged.MIN_SIDE:
                     continue
-                for k in _evenly(vol.shape[axis], cfg.packaged.slices_per_volume):
+                for k in evenly_spaced(vol.shape[axis], cfg.packaged.slices_per_volume):
                     encode_png(resize_max_side(_minmax(vol[(slice(None),) * axis + (k,)]), cfg.max_side))
                     images += 1
     for pic in packaged.PICTURES:
-        base = packaged.package_dir(pic.package)
-        if base is None or pic.kind != "image":
+        _, path = packaged._package_file(pic.package, pic.rel)
+        if path is None or pic.kind != "image":
             continue
-        with PILImage.open(base / pic.rel) as im:
+        with PILImage.open(path) as im:
             encode_png(resize_max_side(np.asarray(im.convert("RGB")), cfg.max_side))
             images += 1
     archive = locate_archive()

@@ -181,7 +181,7 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
     if rows <= 0 or cols <= 0:
         raise Rejected("invalid_value", f"Rows/Columns are {rows}x{cols}: the image has no size")
     n_frames = _int(ds.get("NumberOfFrames"), 1)
-    indices = _pick_frames(n_frames, max_frames)
+    indices = images.evenly_spaced(n_frames, max_frames)
     if rows * cols * len(indices) > images.MAX_PIXELS:
         raise Rejected(
             "image_too_large",
@@ -361,14 +361,6 @@ def _display(arr: np.ndarray, info: dict[str, Any], ds: Any, index: int, keep16:
     if pi == "MONOCHROME1":
         out = (np.iinfo(out.dtype).max - out).astype(out.dtype)
     return np.ascontiguousarray(out)
-
-
-def _pick_frames(n: int, max_frames: int) -> list[int]:
-    """Up to `max_frames` evenly spaced frame indices (all of them when there are fewer)."""
-    k = max(1, int(max_frames))
-    if n <= k:
-        return list(range(n))
-    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
 
 
 def _pixel_digest(ds: Any) -> str:

@@ -153,6 +153,15 @@ def encode_png(arr: np.ndarray, path: str = "") -> Image:
     return Image(png=buf.getvalue(), height=int(h), width=int(w), path=path)
 
 
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """Up to `k` evenly spaced indices into `n` items (all of them when there are fewer): the
+    frames of a multi-frame series, the slices of a volume."""
+    k = max(1, int(k))
+    if n <= k:
+        return list(range(n))
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+
+
 def resize_max_side(arr: np.ndarray, max_side: int) -> np.ndarray:
     """Downscale so the longer side is at most `max_side` (0 = keep); keeps dtype."""
     h, w = arr.shape[:2]

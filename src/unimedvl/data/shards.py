@@ -156,15 +156,31 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def read_table(data_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    """All shards listed in the manifest, in order, after checking their sha256."""
+def manifest_sha256(data_dir: Path) -> str:
+    """The data set's identity: the sha256 of its manifest (which holds every shard's sha256)."""
+    path = Path(data_dir) / MANIFEST
+    return sha256_file(path) if path.exists() else "none"
+
+
+class ShardModified(ValueError):
+    pass
+
+
+def shard_paths(data_dir: Path, verify: bool = True) -> list[Path]:
+    """The manifest's shards in order; with `verify`, each one's sha256 is checked first."""
     data_dir = Path(data_dir)
-    tables = []
+    paths = []
     for shard in read_manifest(data_dir)["shards"]:
         path = data_dir / shard["path"]
-        if sha256_file(path) != shard["sha256"]:
-            raise ValueError(f"{path} does not match its sha256 in the manifest: the data set was modified")
-        tables.append(pq.read_table(path, columns=columns))
+        if verify and sha256_file(path) != shard["sha256"]:
+            raise ShardModified(f"{path} does not match its sha256 in the manifest: the data set was modified")
+        paths.append(path)
+    return paths
+
+
+def read_table(data_dir: Path, columns: list[str] | None = None) -> pa.Table:
+    """All shards listed in the manifest, in order, after checking their sha256."""
+    tables = [pq.read_table(path, columns=columns) for path in shard_paths(data_dir)]
     if not tables:
         return RECORD_SCHEMA.empty_table() if columns is None else RECORD_SCHEMA.empty_table().select(columns)
     return pa.concat_tables(tables)

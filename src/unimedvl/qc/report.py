@@ -13,7 +13,6 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from ..config import QCConfig
 from ..data.privacy import scrub_text
 from ..data.schema import REASONS
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 def _plt():
@@ -210,8 +208,11 @@ def _html(metrics: dict[str, Any], figs: list[tuple[str, str]], examples: dict[s
 
 
 def tracking_uri(cfg: QCConfig) -> str:
-    """Env MLFLOW_TRACKING_URI, else qc.mlflow.tracking_uri, else SQLite in the working (repo) folder."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow.tracking_uri or DEFAULT_TRACKING_URI
+    """Env MLFLOW_TRACKING_URI, else qc.mlflow.tracking_uri, else SQLite in the repo folder: the same
+    resolution as the training stages, so `mlflow ui` shows QC and training runs from one database."""
+    from ..train.tracking import tracking_uri as resolve
+
+    return resolve(cfg.mlflow.tracking_uri)
 
 
 def _flat(prefix: str, value: Any, out: dict[str, Any]) -> None:

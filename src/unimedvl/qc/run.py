@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 
 from ..config import QCConfig
 from ..data.schema import RECORD_SCHEMA, Quarantine, Record
-from ..data.shards import DatasetWriter, read_manifest, sha256_file
+from ..data.shards import DatasetWriter, ShardModified, read_manifest
+from ..data.shards import shard_paths as verified_shard_paths
 from . import checks, dedup
 from .alignment import AlignmentScorer, below_cut, load_scorer
 from .expectations import SuiteFailed, metadata_frame, validate
@@ -49,15 +50,11 @@ class QCError(RuntimeError):
 
 
 def shard_paths(input_dir: Path) -> list[Path]:
-    """The manifest's shards, after checking each one's sha256."""
-    manifest = read_manifest(input_dir)
-    paths = []
-    for shard in manifest["shards"]:
-        path = Path(input_dir) / shard["path"]
-        if sha256_file(path) != shard["sha256"]:
-            raise QCError(f"{path} does not match its sha256 in the manifest: the data set was modified")
-        paths.append(path)
-    return paths
+    """The manifest's shards, after checking each one's sha256 (a mismatch is a QCError)."""
+    try:
+        return verified_shard_paths(input_dir)
+    except ShardModified as e:
+        raise QCError(str(e)) from None
 
 
 def iter_batches(paths: list[Path], batch_size: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:

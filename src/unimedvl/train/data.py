@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.schema import IMAGE_TOKEN
-from ..data.shards import read_manifest, sha256_file
+from ..data.shards import manifest_sha256, shard_paths
 from ..model.config import ModelConfig
 from ..model.unimedvl import LatentImage, PackedBatch, Segment, Text, VitImage, pack
 from .curriculum import CATEGORIES, SUB_TASK_CATEGORY, StageSpec
@@ -51,15 +51,11 @@ class ShardStore:
     def __init__(self, data_dir: str | Path, split: str = "train", languages: tuple[str, ...] | None = None,
                  cache_mb: int = 512, verify: bool = True):
         self.data_dir = Path(data_dir)
-        manifest = read_manifest(self.data_dir)
-        self.manifest_sha256 = sha256_file(self.data_dir / "manifest.json")
+        self.manifest_sha256 = manifest_sha256(self.data_dir)
         self.files: list[pq.ParquetFile] = []
         self.by_category: dict[str, list[RowRef]] = {c: [] for c in CATEGORIES}
         self.split = split
-        for si, shard in enumerate(manifest["shards"]):
-            path = self.data_dir / shard["path"]
-            if verify and sha256_file(path) != shard["sha256"]:
-                raise ValueError(f"{path} does not match its sha256 in the manifest: the data set was modified")
+        for si, path in enumerate(shard_paths(self.data_dir, verify=verify)):
             pf = pq.ParquetFile(path)
             self.files.append(pf)
             for rg in range(pf.num_row_groups):
@@ -346,8 +342,8 @@ def all_images(data_dir: str | Path, split: str = "train", limit: int = 4096, se
     """PNG bytes of up to `limit` images (inputs and outputs) of a split, for fitting the autoencoder."""
     out: list[bytes] = []
     data_dir = Path(data_dir)
-    for shard in read_manifest(data_dir)["shards"]:
-        pf = pq.ParquetFile(data_dir / shard["path"])
+    for path in shard_paths(data_dir, verify=False):
+        pf = pq.ParquetFile(path)
         for rg in range(pf.num_row_groups):
             t = pf.read_row_group(rg, columns=["split", "input_img", "output_img"]).to_pydict()
             for sp, ins, outs in zip(t["split"], t["input_img"], t["output_img"], strict=True):
@@ -364,8 +360,8 @@ def all_texts(data_dir: str | Path, split: str = "train", limit: int = 50_000) -
     """Message text of a split, for training the tokenizer."""
     data_dir = Path(data_dir)
     n = 0
-    for shard in read_manifest(data_dir)["shards"]:
-        pf = pq.ParquetFile(data_dir / shard["path"])
+    for path in shard_paths(data_dir, verify=False):
+        pf = pq.ParquetFile(path)
         for rg in range(pf.num_row_groups):
             t = pf.read_row_group(rg, columns=["split", "message"]).to_pydict()
             for sp, msg in zip(t["split"], t["message"], strict=True):

@@ -15,13 +15,14 @@ repository folder (`sqlite:///<repo>/mlflow.db`); an `mlflow server` URI works t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from ..data.shards import manifest_sha256  # noqa: F401 - stages import it from here
 
 PIPELINE_KEY_TAG = "unimedvl.pipeline_key"
 STAGE_TAG = "unimedvl.stage"
@@ -66,11 +67,6 @@ def git_commit(root: Path | None = None) -> str:
         return "unborn"
     except OSError:
         return "unknown"
-
-
-def manifest_sha256(data_dir: str | Path) -> str:
-    path = Path(data_dir) / "manifest.json"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "none"
 
 
 def pipeline_key(data_dir: str | Path, root: Path | None = None) -> str:

@@ -248,6 +248,13 @@ def package_dir(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _package_file(package: str, rel: str) -> tuple[str, Path | None]:
+    """(item name, path) of a file shipped inside a package; path is None when it is not installed."""
+    base = package_dir(package)
+    path = base / rel if base else None
+    return f"{package}/{rel}", path if path is not None and path.is_file() else None
+
+
 # (package import name, folder inside it, prefix for item names, licence key)
 DICOM_ROOTS = (
     ("data_store", "data", "pydicom-data", "pydicom-data"),
@@ -488,10 +495,8 @@ def _volume_shots(ctx: Context, shots: Shots) -> Iterator[Item]:
         return
     positions: dict[str, dict[str, list[int]]] = {}
     for entry in VOLUMES:
-        item = f"{entry.package}/{entry.rel}"
-        base = package_dir(entry.package)
-        path = base / entry.rel if base else None
-        if path is None or not path.is_file():
+        item, path = _package_file(entry.package, entry.rel)
+        if path is None:
             yield ctx.reject(item, "missing_file", f"{entry.package} (or this file in it) is not installed: {INSTALL_HINT}")
             continue
         try:
@@ -522,7 +527,7 @@ def _volume_images(ctx: Context, entry: VolumeEntry, item: str, data: np.ndarray
     if data.ndim == 3 and entry.stack_is_series:
         return _series_images(ctx, entry, item, data, zooms)
     if data.ndim == 4:
-        frames: list[int | None] = list(_evenly(data.shape[3], cfg.packaged.frames_per_series))
+        frames: list[int | None] = list(images.evenly_spaced(data.shape[3], cfg.packaged.frames_per_series))
     elif data.ndim == 3:
         frames = [None]
     else:
@@ -568,7 +573,7 @@ def _series_images(ctx: Context, entry: VolumeEntry, item: str, data: np.ndarray
     vol = np.nan_to_num(np.asarray(data, dtype=np.float32))
     lo, hi = entry.value_range or _robust_range(vol)
     out: list[Shot] = []
-    for i in _evenly(data.shape[2], ctx.cfg.packaged.frames_per_series):
+    for i in images.evenly_spaced(data.shape[2], ctx.cfg.packaged.frames_per_series):
         arr = _square_pixels(np.rot90(vol[:, :, i]), zooms[1], zooms[0])
         if min(arr.shape) < MIN_SIDE or float(arr.max()) <= float(arr.min()):
             continue
@@ -581,12 +586,6 @@ def _series_images(ctx: Context, entry: VolumeEntry, item: str, data: np.ndarray
                         license=LICENSES[entry.package], uri=item + frag,
                         meta={k: v for k, v in meta.items() if v is not None}))
     return out
-
-
-def _evenly(n: int, k: int) -> list[int]:
-    if n <= k:
-        return list(range(n))
-    return sorted({round(float(x)) for x in np.linspace(0, n - 1, k)})
 
 
 def _robust_range(vol: np.ndarray) -> tuple[float, float]:
@@ -664,10 +663,8 @@ def _square_pixels(arr: np.ndarray, row_mm: float, col_mm: float) -> np.ndarray:
 
 def _picture_shots(ctx: Context, shots: Shots) -> Iterator[Item]:
     for e in PICTURES:
-        item = f"{e.package}/{e.rel}"
-        base = package_dir(e.package)
-        path = base / e.rel if base else None
-        if path is None or not path.is_file():
+        item, path = _package_file(e.package, e.rel)
+        if path is None:
             yield ctx.reject(item, "missing_file", f"{e.package} (or this file in it) is not installed: {INSTALL_HINT}")
             continue
         try:
