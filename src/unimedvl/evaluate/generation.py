@@ -81,7 +81,7 @@ def faithfulness(verdicts: np.ndarray, finding: Sequence[str], asks: Sequence[bo
     out: dict[str, float | None] = {}
     for j, f in enumerate(FINDINGS):
         m = finding == f
-        a, e = verdicts[m & asks, j], verdicts[m & ~asks, j]
+        a, e = verdicts[m & asks, j].astype(float), verdicts[m & ~asks, j].astype(float)
         out[f] = float(a.mean() - e.mean()) if len(a) and len(e) else None
     return out
 
@@ -96,8 +96,8 @@ def faithfulness_contributions(verdicts: np.ndarray, finding: Sequence[str], ask
     for f in scored:
         j = FINDINGS.index(f)
         ma, me = (finding == f) & asks, (finding == f) & ~asks
-        out[ma] = verdicts[ma, j] / ma.sum()
-        out[me] = -verdicts[me, j] / me.sum()
+        out[ma] = verdicts[ma, j].astype(float) / ma.sum()
+        out[me] = -verdicts[me, j].astype(float) / me.sum()
     return out / max(1, len(scored))
 
 

@@ -32,7 +32,6 @@ from .schema import FINDINGS
 
 WEIGHTS = "judge.safetensors"
 CONFIG = "judge.json"
-METRICS = "metrics.json"
 
 
 class JudgeError(ValueError):
@@ -44,7 +43,7 @@ class JudgeNet(nn.Module):
         super().__init__()
         # one conv per scale keeps a CPU epoch over thousands of 64 px images to seconds; four poolings
         # still give every 3 px finding a receptive field that covers it and its surroundings
-        chans = [1, width, width * 2, width * 4, width * 4]
+        chans = [2, width, width * 2, width * 4, width * 4]
         blocks = []
         for a, b in zip(chans[:-1], chans[1:], strict=True):
             blocks += [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
@@ -53,7 +52,10 @@ class JudgeNet(nn.Module):
         self.head = nn.Linear(feature_dim, n_out)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.body(x)
+        # a second channel with the local contrast (image minus its 7 px box blur): nodules and lesions
+        # are a few pixels across and faint against ribs and gyri, so the first layer gets them for free
+        hp = x - F.avg_pool2d(F.pad(x, (3, 3, 3, 3), mode="replicate"), 7, stride=1)
+        h = self.body(torch.cat([x, 4 * hp], dim=1))
         # mean and max pooling: a small finding changes few pixels, which a mean alone washes out
         return self.embed(torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1))
 
@@ -175,21 +177,27 @@ def _threshold(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def train_judge(out_dir: str | Path, params: Params, data_dir: str | Path | None = None,
-                progress: bool = False) -> dict[str, Any]:
-    """Train the judge into `out_dir` (weights, config, metrics.json with held-out AUROC per finding)."""
+                progress: bool = False, metrics_path: str | Path | None = None) -> dict[str, Any]:
+    """Train the judge into `out_dir` (weights + config); its held-out AUROC per finding goes to
+    `metrics_path` (default `<out_dir>.metrics.json`, beside the folder so DVC tracks both)."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
+    from ..train.stages import resolve_params
+
+    params = resolve_params(params)
     cfg = params.evaluate.judge
     if cfg.seed in (params.ingest.phantom.seed, params.evaluate.benchmark.seed):
         raise JudgeError(f"evaluate.judge.seed={cfg.seed} must differ from ingest.phantom.seed and evaluate.benchmark.seed")
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     imgs, labels, fam = phantom_set(cfg.phantoms, cfg.seed, cfg.resolution, params.ingest.phantom.min_visible_px)
     n_hold = max(len(FINDINGS) * 4, cfg.phantoms // 5)
     hold = slice(len(imgs) - n_hold, len(imgs))
+    timings["phantoms_s"] = round(time.perf_counter() - t0, 2)
     real = real_train_images(Path(data_dir) if data_dir else None, cfg.real_images, cfg.resolution, cfg.seed)
     x_train = np.concatenate([imgs[: hold.start], real])
     y_train = np.concatenate([labels[: hold.start], np.zeros((len(real), len(FINDINGS)), np.float32)])
@@ -223,6 +231,7 @@ def train_judge(out_dir: str | Path, params: Params, data_dir: str | Path | None
             bar.update()
     bar.close()
     net.eval()
+    timings["train_s"] = round(time.perf_counter() - t0 - timings["phantoms_s"], 2)
     judge = Judge(net, cfg, dict.fromkeys(FINDINGS, 0.5))
     p_hold = judge.probabilities(imgs[hold])
     auroc = auroc_per_finding(p_hold, labels[hold], fam[hold])
@@ -240,9 +249,10 @@ def train_judge(out_dir: str | Path, params: Params, data_dir: str | Path | None
         "heldout_images": int(n_hold),
         "train_images": {"phantom": int(hold.start), "real": len(real)},
         "loss_start": float(np.mean(losses[:10])), "loss_end": float(np.mean(losses[-10:])),
-        "wall_s": round(time.perf_counter() - t0, 2),
+        "wall_s": round(time.perf_counter() - t0, 2), **timings,
     }
-    (out_dir / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    mp = Path(metrics_path) if metrics_path else out_dir.with_name(out_dir.name + ".metrics.json")
+    mp.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
