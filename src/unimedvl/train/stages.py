@@ -372,9 +372,12 @@ def _train_stage(stage: str, data_dir: Path, out_dir: Path, params: Params, prev
     spec = stage_spec(params, stage)
     prev = _previous(stage, out_dir, Path(prev_dir) if prev_dir else None)
     _check_compatible(prev, params)
-    from ..model.checkpoint import load_model
+    from ..model.checkpoint import MissingTokenizer, inspect_folder
 
-    _, report = load_model(prev)
+    try:  # headers only: the workers load the weights once
+        report = inspect_folder(prev)
+    except MissingTokenizer as e:
+        raise StageError(str(e)) from None
     if not report.ok:
         raise StageError(f"{prev} does not load cleanly: missing {report.missing[:3]}, unexpected {report.unexpected[:3]}, "
                          f"mismatched {report.mismatched[:3]}")
