@@ -81,13 +81,13 @@ def test_benchmark_rejects_shared_seeds_and_other_protocols(smoke_pipeline, tmp_
 
 
 def test_smoke_judge_learns_and_is_reloadable(smoke_pipeline):
-    """Lean twin of the slow full-size judge test: the smoke judge (900 phantoms, 4 epochs) already
+    """Lean twin of the slow full-size judge test: the smoke judge (1,200 phantoms, 6 epochs) already
     separates the large findings; its loss falls."""
     from unimedvl.evaluate.judge import load_judge, phantom_set
 
     m = smoke_pipeline["judge_metrics"]
     assert m["loss_end"] < 0.7 * m["loss_start"]
-    for f in ("effusion", "cardiomegaly", "pneumothorax"):
+    for f in ("cardiomegaly", "pneumothorax"):
         assert m["auroc"][f] >= 0.9, m["auroc"]
     judge = load_judge(smoke_pipeline["judge"])
     imgs, labels, _ = phantom_set(12, 123, 64, 3.0)
@@ -171,3 +171,16 @@ def test_bad_inputs(smoke_pipeline, evaluated, tmp_path):
     assert "0 closed questions in the test split" in r.metrics["vqa.closed.accuracy"].reason
     assert r.metrics["vqa.finding.accuracy"].status is Status.ok
     assert r.metrics["report.real.bleu4"].status is Status.insufficient_samples
+
+
+@pytest.mark.slow
+def test_judge_reaches_auroc_095_per_finding(tmp_path, smoke_pipeline):
+    """The demo judge (params.yaml's evaluate.judge): held-out AUROC >= 0.95 for every finding."""
+    from unimedvl.config import load_params
+    from unimedvl.evaluate.judge import train_judge
+    from tests.pipeline_fixture import REPO
+
+    torch.set_num_threads(2)
+    m = train_judge(tmp_path / "judge", load_params(REPO / "params.yaml"), smoke_pipeline["qc"])
+    assert all(v is not None and v >= 0.95 for v in m["auroc"].values()), m["auroc"]
+    assert m["passes"]
