@@ -32,14 +32,18 @@ EPS = 1e-15
 class TrainModule(nn.Module):
     """The model plus the touch-every-parameter term; what DDP / DeepSpeed wrap."""
 
-    def __init__(self, model: UniMedVL):
+    def __init__(self, model: UniMedVL, touch: bool = True):
         super().__init__()
         self.model = model
+        # Under ZeRO-3 the model runs every module instead (`uniform_calls`): outside their module's
+        # forward, partitioned parameters are empty placeholders, so touching them would do nothing.
+        self.touch = touch
 
     def forward(self, batch: PackedBatch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         out = self.model(batch, generator=generator)
-        touch = sum((p.sum() for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
-        out["loss"] = out["loss"] + 0.0 * touch.float()
+        if self.touch:
+            touch = sum((p.sum() for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
+            out["loss"] = out["loss"] + 0.0 * touch.float()
         return out
 
 
@@ -176,16 +180,6 @@ def train_step(
         ema.update(ema_model)
     return StepResult(float(out["loss"].detach()), float(out["ce"].detach()), float(out["mse"].detach()), grad_norm, lr,
                       int(out["n_ce"]), int(out["n_mse"]))
-
-
-@torch.no_grad()
-def evaluate(model: UniMedVL, batch: PackedBatch, seed: int = 0, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Losses of a fixed batch with fixed timesteps and noise (the held-out curve)."""
-    was = model.training
-    model.eval()
-    out = model(batch.to(device), generator=torch.Generator().manual_seed(seed))
-    model.train(was)
-    return {"loss": float(out["loss"]), "ce": float(out["ce"]), "mse": float(out["mse"])}
 
 
 def rng_state() -> dict:
