@@ -289,28 +289,26 @@ class UniMedVL(nn.Module):
         s = self.cfg.timestep_shift
         return s * t / (1 + (s - 1) * t)
 
-    def clean_latent_tokens(self, batch: PackedBatch) -> torch.Tensor:
-        """All latent images of the batch as patch tokens [N_latent, p*p*z] (encoding images when needed)."""
+    def clean_latent_tokens(self, batch: PackedBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """All latent images of the batch as patch tokens [N_latent, p*p*z], encoding images when needed:
+        one encoder call per image size; in training the latents are posterior draws (as BAGEL's), in
+        eval mode the posterior mean."""
         dev, dtype = self.vae2llm.weight.device, self.vae2llm.weight.dtype
         ae_dtype = self.autoencoder.encoder.conv_in.weight.dtype
-        if self.uniform_calls:
-            # One encoder call per forward on every rank (the images of a stage share one resolution).
-            todo = [s.image for s in batch.latents if s.latent is None]
-            shapes = {tuple(t.shape) for t in todo}
-            if len(shapes) > 1:
-                raise ValueError(f"uniform calls need one image size per batch, got {sorted(shapes)}")
-            stack = torch.stack(todo) if todo else torch.zeros(1, self.cfg.vae.in_channels, 16, 16)
-            with torch.no_grad():
-                encoded = iter(self.autoencoder.encode(stack.to(dev, ae_dtype)))
-            zs = [s.latent if s.latent is not None else next(encoded) for s in batch.latents]
-        else:
-            zs = []
-            for seg in batch.latents:
-                z = seg.latent
-                if z is None:
-                    with torch.no_grad():
-                        z = self.autoencoder.encode(seg.image[None].to(dev, ae_dtype))[0]
-                zs.append(z)
+        todo: dict[tuple, list[int]] = {}
+        for i, seg in enumerate(batch.latents):
+            if seg.latent is None:
+                todo.setdefault(tuple(seg.image.shape), []).append(i)
+        if self.uniform_calls and len(todo) > 1:
+            raise ValueError(f"uniform calls need one image size per batch, got {sorted(todo)}")
+        zs: list[torch.Tensor | None] = [s.latent for s in batch.latents]
+        with torch.no_grad():
+            for idx in todo.values():
+                stack = torch.stack([batch.latents[i].image for i in idx]).to(dev, ae_dtype)
+                for i, z in zip(idx, self.autoencoder.encode(stack, sample=self.training, generator=generator), strict=True):
+                    zs[i] = z
+            if self.uniform_calls and not todo:  # the encoder's one call of this forward on every rank
+                self.autoencoder.encode(torch.zeros(1, self.cfg.vae.in_channels, 16, 16, device=dev, dtype=ae_dtype))
         return torch.cat([patchify_latent(z.to(dev, dtype), self.cfg.latent_patch_size) for z in zs])
 
     def embed(
@@ -345,7 +343,7 @@ class UniMedVL(nn.Module):
             dummy = dummy + self.time_embedder(torch.zeros(1, device=dev)).to(dtype) + self.latent_pos_embed(ids)
             seq = seq + 0.0 * dummy.sum()
         if batch.latent_index is not None:
-            clean = self.clean_latent_tokens(batch)
+            clean = self.clean_latent_tokens(batch, generator)
             noised = torch.tensor([s.noised for s in batch.latents], device=dev)
             if timesteps is None:
                 # Logit-normal timesteps, then shifted; clean conditions sit at t = 0.
