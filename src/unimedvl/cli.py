@@ -272,6 +272,11 @@ def evaluate(
     params: Annotated[Path, typer.Option(help="params.yaml to read `evaluate` from.")] = Path("params.yaml"),
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log a child run under the pipeline's MLflow run.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    ablation: Annotated[bool, typer.Option("--ablation", help="Also run the synergy ablation (about an hour of CPU): "
+                                           "unified vs generation-only vs understanding-only training, written to docs/synergy.md.")] = False,
+    autoencoder: Annotated[Path, typer.Option("--autoencoder", help="Ablation: the autoencoder folder the variants start from.")] = Path("models/autoencoder"),
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Ablation seeds (repeatable; default 0 1 2).")] = None,
+    ablation_dir: Annotated[Path, typer.Option("--ablation-dir", help="Ablation: working folder for the variants.")] = Path("build/ablation"),
 ) -> None:
     """Score a model: VQA (test split + phantom benchmark, blind and majority baselines), reports,
     generation (judge faithfulness vs an untrained model, domain Frechet distance), image pairs.
@@ -294,6 +299,12 @@ def evaluate(
             typer.echo(f"  {key}: {m.value if m.value is not None else m.status.value}")
     if ok == 0:
         _fail("no metric could be computed: see the reasons in metrics.json", 1)
+    if ablation:
+        from .evaluate.synergy import run_ablation
+
+        rows = run_ablation(data, bench, judge_dir, autoencoder, ablation_dir, _eval_params(params),
+                            seeds=tuple(seeds or (0, 1, 2)), progress=progress)
+        typer.echo(f"wrote docs/synergy.md ({len(rows)} rows)")
 
 
 def main() -> None:
