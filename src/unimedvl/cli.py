@@ -180,6 +180,40 @@ def qc(
     typer.echo(json.dumps({k: m[k] for k in keep if k in m}))
 
 
+# --- serving, registry, promotion (src/unimedvl/serve, src/unimedvl/promote) ----------------------
+
+
+def _serve_limits_help() -> str:
+    from .config import ServeConfig
+
+    lines = []
+    for name, f in ServeConfig.model_fields.items():
+        if name in ("host", "port", "model_name"):
+            continue
+        note = f" ({f.description})" if f.description else ""
+        lines.append(f"{name} = {f.default}{note}")
+    return "Limits (params.yaml `serve` section; defaults shown):\n\n" + "\n\n".join(lines)
+
+
+@app.command(epilog=_serve_limits_help())
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="A model folder, models:/NAME@ALIAS or models:/NAME/VERSION.")],
+    host: Annotated[str | None, typer.Option(help="Address to bind (default serve.host, 127.0.0.1; 0.0.0.0 only in a container).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serve.port, 8080; 0 picks a free one and prints it).")] = None,
+    params: Annotated[Path, typer.Option(help="params.yaml to read the `serve` (limits) and `ingest` sections from.")] = Path("params.yaml"),
+) -> None:
+    """Serve a model on the KServe model server: v1 :predict and v2 (Open Inference Protocol) /infer,
+    tasks vqa, report, generate, edit, explain; health, metadata and Prometheus /metrics."""
+    from .serve.server import ModelURIError
+    from .serve.server import serve as run_server
+
+    try:
+        p = load_params(params)
+        run_server(model, p.serve, p.ingest, host=host, port=port)
+    except (ParamsError, ModelURIError, OSError) as e:
+        _fail(str(e), 1)
+
+
 def main() -> None:
     app()
 

@@ -266,6 +266,31 @@ class QCConfig(_Strict):
         return v
 
 
+# --- serving (unimedvl serve; src/unimedvl/serve) -------------------------------------------------
+
+
+class ServeConfig(_Strict):
+    """Limits of the model server. Every one is a client-visible rule: a request over it gets a 4xx
+    that names the limit, so the numbers are listed in `unimedvl serve --help` too."""
+
+    host: str = "127.0.0.1"  # loopback unless asked (the container passes --host 0.0.0.0)
+    port: int = Field(8080, ge=0, le=65535)
+    model_name: str = "unimedvl"
+    max_pixels: int = Field(4_194_304, gt=0, description="pixels per input image (2048 x 2048)")
+    max_payload_bytes: int = Field(16_777_216, gt=0, description="request body size; larger gets 413")
+    max_instances: int = Field(8, ge=1, description="instances per request")
+    max_steps: int = Field(50, ge=1, description="Euler steps of generate / edit")
+    default_steps: int = Field(20, ge=1)
+    max_guidance: float = Field(20.0, gt=0)
+    default_guidance: float = Field(4.0, gt=0)
+    max_new_tokens: int = Field(128, ge=1, description="answer / report length cap")
+    default_new_tokens: int = Field(48, ge=1)
+    max_question_tokens: int = Field(256, ge=1, description="question / prompt / instruction length, tokens")
+    request_timeout_s: float = Field(120.0, gt=0, description="model work per request; over it gets 504")
+    queue_length: int = Field(16, ge=1, description="requests waiting or running; one more gets 429")
+    torch_threads: int = Field(0, ge=0, description="0: torch's default")
+
+
 class Params(_Strict):
     ingest: IngestConfig = IngestConfig()
     qc: QCConfig = QCConfig()
@@ -276,6 +301,7 @@ class Params(_Strict):
     stage2: StageConfig = StageConfig()
     stage3: StageConfig = StageConfig()
     tracking: TrackingConfig = TrackingConfig()
+    serve: ServeConfig = ServeConfig()
     # Named overrides of the sections above (e.g. `smoke`); see unimedvl.train.stages.resolve_params.
     profiles: dict[str, dict[str, Any]] = {}
 

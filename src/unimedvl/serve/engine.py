@@ -1,0 +1,188 @@
+"""The five tasks, in-process, on one loaded model folder.
+
+The KServe predictor, the MLflow pyfunc flavour and the serving benchmark's baseline all call
+`Engine`, so the server adds transport and nothing else. Prompts use the chat layout training used
+(`train.data.record_to_sample`): user turn with the image in place of `<image>`, then the assistant
+turn opener; an edited image enters as ViT tokens and clean latents, as interleaved training samples.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import IngestConfig, ServeConfig
+from ..model.unimedvl import LatentImage, Segment, Text, UniMedVL, VitImage
+from . import images
+from .explain import heatmap
+from .schemas import Instance, ServeError
+
+REPORT_PROMPT = "Write a radiology report for this image."
+
+
+class DeadlineExceeded(Exception):
+    """Model work ran past the request's deadline (the server answers 504)."""
+
+
+def scrub(text: str) -> str:
+    """The ingest text scrubber with values dropped: the server keeps no pseudonym key, so what an
+    identifier was is never recoverable from what the model sees."""
+    from ..data import privacy
+
+    try:
+        cleaned = privacy.scrub_text(text, mode="drop")  # the upgraded scrubber's value-dropping mode
+    except TypeError:
+        cleaned = privacy.scrub_text(text)  # placeholders ([DATE], [ID], ...): values are dropped too
+    return cleaned[0] if isinstance(cleaned, tuple) else cleaned
+
+
+@dataclass
+class Prepared:
+    """An instance with its image decoded and its text scrubbed and tokenised (cheap; on the loop)."""
+
+    inst: Instance
+    image: torch.Tensor | None = None  # [3, r, r] in [-1, 1]
+    image_hw: tuple[int, int] | None = None  # the input's size, for the heatmap
+    text_ids: list[int] = field(default_factory=list)
+
+
+def run_texts(model: UniMedVL, contexts: list[list[Segment]], max_new_tokens: list[int]) -> list[list[int]]:
+    """Answers for several contexts. The one place to switch to the batched sampler
+    (`generate_texts`) when the model has it."""
+    batched = getattr(model, "generate_texts", None)
+    if batched is not None and len(set(max_new_tokens)) == 1:
+        return batched(contexts, max_new_tokens=max_new_tokens[0])
+    return [model.generate_text(c, max_new_tokens=n) for c, n in zip(contexts, max_new_tokens, strict=True)]
+
+
+def run_image(model: UniMedVL, context: list[Segment], steps: int, guidance: float, seed: int,
+              img_scale: float = 1.0) -> torch.Tensor:
+    """One image; the place to switch to `generate_images` (batched) when the model has it."""
+    gen = torch.Generator().manual_seed(seed)
+    return model.generate_image(context, num_steps=steps, cfg_text_scale=guidance, cfg_img_scale=img_scale,
+                                generator=gen)
+
+
+class Engine:
+    """A loaded model folder plus its tokenizer; `run` does one instance's task."""
+
+    def __init__(self, folder: str | Path, cfg: ServeConfig | None = None, ingest: IngestConfig | None = None,
+                 version: str | None = None):
+        from ..model.checkpoint import load_model
+        from ..model.tokenizer import load_tokenizer
+
+        self.folder = Path(folder)
+        self.cfg = cfg or ServeConfig()
+        # Ingest's conversion settings; the server's own pixel cap replaces the decompression cap.
+        self.ingest = ingest or IngestConfig()
+        images.ingest_images.set_max_pixels(self.cfg.max_pixels)
+        if self.cfg.torch_threads:
+            torch.set_num_threads(self.cfg.torch_threads)
+        self.model, report = load_model(self.folder)
+        if report.missing or report.mismatched:
+            raise ValueError(f"{self.folder}: weights do not match the config (missing {report.missing[:3]}, "
+                             f"mismatched {report.mismatched[:3]})")
+        self.model.eval().requires_grad_(False)
+        self.tok = load_tokenizer(self.folder)
+        self.resolution = self.model.cfg.vit.image_size
+        self.lineage = report.lineage
+        self.version = version
+        self._deadline = threading.local()
+        # Checked before every backbone call (one per token / Euler step): a request over its time
+        # stops at the next step and frees the worker, instead of finishing work nobody waits for.
+        self.model.language_model.model.register_forward_pre_hook(self._check_deadline)
+
+    # -- validation that needs the tokenizer or the image decoder ---------------------------------
+
+    def prepare(self, inst: Instance) -> Prepared:
+        p = Prepared(inst)
+        text = inst.question if inst.task in ("vqa", "explain") else inst.prompt if inst.task == "generate" else (
+            inst.instruction if inst.task == "edit" else REPORT_PROMPT)
+        name = {"vqa": "question", "explain": "question", "generate": "prompt", "edit": "instruction"}.get(inst.task)
+        ids = self.tok.encode("\n" + scrub(text)) if inst.task != "generate" else self.tok.encode(scrub(text))
+        if name and len(ids) > self.cfg.max_question_tokens:
+            raise ServeError(422, f"{name} is {len(ids)} tokens, over the limit of {self.cfg.max_question_tokens} "
+                             "(serve.max_question_tokens)", name, inst.index)
+        p.text_ids = ids
+        if inst.task != "generate":
+            arr = images.decode(inst.image, inst.index, self.ingest, self.model.cfg.vit.patch_size)
+            p.image_hw = (int(arr.shape[0]), int(arr.shape[1]))
+            p.image = images.to_tensor(arr, self.resolution)
+        return p
+
+    # -- the tasks ---------------------------------------------------------------------------------
+
+    def _context(self, p: Prepared) -> list[Segment]:
+        sp, enc = self.tok.special, self.tok.encode
+        segs: list[Segment] = [Text([sp.bos, *enc("user\n")])]
+        if p.image is not None:
+            segs.append(VitImage(p.image))
+            if p.inst.task == "edit":
+                segs.append(LatentImage(image=p.image, noised=False))
+        segs.append(Text(p.text_ids))
+        segs.append(Text([sp.eos, *enc("\n"), sp.bos, *enc("assistant\n")]))
+        return segs
+
+    def run(self, batch: list[Prepared], deadline: float | None = None) -> list[dict[str, Any]]:
+        """Results in order: {answer} / {answer, findings, impression} / {image, image_format} /
+        {answer, heatmap}. Raises DeadlineExceeded past `deadline` (time.monotonic())."""
+        self._deadline.value = deadline
+        try:
+            self._check_deadline()
+            out: list[dict[str, Any] | None] = [None] * len(batch)
+            text_jobs = [i for i, p in enumerate(batch) if p.inst.task in ("vqa", "report", "explain")]
+            if text_jobs:
+                ctxs = [self._context(batch[i]) for i in text_jobs]
+                answers = run_texts(self.model, ctxs, [batch[i].inst.max_new_tokens for i in text_jobs])
+                for i, ctx, ids in zip(text_jobs, ctxs, answers, strict=True):
+                    out[i] = self._text_result(batch[i], ctx, ids)
+            for i, p in enumerate(batch):
+                if p.inst.task in ("generate", "edit"):
+                    out[i] = self._image_result(p)
+            return out  # type: ignore[return-value]
+        finally:
+            self._deadline.value = None
+
+    def _text_result(self, p: Prepared, ctx: list[Segment], ids: list[int]) -> dict[str, Any]:
+        answer = self.tok.decode(ids).strip()
+        res: dict[str, Any] = {"task": p.inst.task, "answer": answer}
+        if p.inst.task == "report":
+            res.update(split_report(answer))
+        if p.inst.task == "explain":
+            res["heatmap"] = heatmap(self.model, ctx, ids, p.image_hw)
+        return res
+
+    def _image_result(self, p: Prepared) -> dict[str, Any]:
+        inst = p.inst
+        img = run_image(self.model, self._context(p), inst.steps, inst.guidance, inst.seed,
+                        img_scale=2.0 if inst.task == "edit" else 1.0)
+        arr = images.to_uint8(img)
+        prov = {"task": inst.task, "model": self.model_id, "steps": str(inst.steps), "seed": str(inst.seed)}
+        data = images.synthetic_dicom(arr, prov) if inst.format == "dicom" else images.synthetic_png(arr, prov)
+        return {"task": inst.task, "image": data, "image_format": inst.format}
+
+    @property
+    def model_id(self) -> str:
+        return self.version or self.folder.name
+
+    def _check_deadline(self, *_: Any) -> None:
+        d = getattr(self._deadline, "value", None)
+        if d is not None and time.monotonic() > d:
+            raise DeadlineExceeded()
+
+
+def split_report(text: str) -> dict[str, str]:
+    """FINDINGS: ... IMPRESSION: ... -> the two parts (empty when the model wrote neither heading)."""
+    up = text.upper()
+    f, i = up.find("FINDINGS:"), up.find("IMPRESSION:")
+    findings = impression = ""
+    if f >= 0:
+        findings = text[f + 9: i if i > f else len(text)].strip()
+    if i >= 0:
+        impression = text[i + 11:].strip()
+    return {"findings": findings, "impression": impression}
