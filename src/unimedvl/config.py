@@ -220,9 +220,9 @@ class QCAlignmentConfig(_Strict):
 
 
 class QCMlflowConfig(_Strict):
+    """Whether QC logs its child run; URI and experiment are the `tracking` section's (one experiment)."""
+
     enabled: bool = True
-    tracking_uri: str | None = None  # env MLFLOW_TRACKING_URI wins; null: sqlite:///mlflow.db (repo folder)
-    experiment: str = "unimedvl-qc"
 
 
 class QCConfig(_Strict):

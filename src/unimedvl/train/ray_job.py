@@ -29,6 +29,7 @@ DONE_MARK = "COMPLETE"
 LOSSES = "losses.jsonl"
 RESULT = "result.json"
 PROGRESS = "progress.json"
+METRIC_KEYS = ("loss", "ce", "mse", "lr", "grad_norm", "tokens_per_s", "samples_per_s")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         step_generator,
         train_step,
     )
-    from .tracking import Tracker
+    from ..tracking import Tracker
 
     rank, world, in_ray = _context()
     torch.set_num_threads(int(config.get("threads", 1)))
@@ -172,10 +173,12 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         if heldout_start is None:
             heldout_start = evaluate(model, held, device=device)
         tracker = Tracker(config["tracking_uri"], config.get("experiment", "unimedvl"), enabled=bool(run_id))
-        if start == 0:
-            tracker.log_metrics(run_id, [(0, {f"heldout_{k}": v for k, v in heldout_start.items()})])
+        tracker.log_metrics(run_id, [(0, {f"heldout_{k}": v for k, v in heldout_start.items()})])
         losses_path = ckpt_dir / LOSSES
         kept = read_losses(ckpt_dir, before=start + 1)
+        # A resumed run is a new MLflow run (the killed one is marked KILLED and linked): give it the
+        # steps before the checkpoint too, so its curve is the whole stage.
+        tracker.log_metrics(run_id, [(r["step"], {k: r[k] for k in METRIC_KEYS if k in r}) for r in kept])
         losses_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         losses_fh = open(losses_path, "a")  # noqa: SIM115 - closed after the loop
 
@@ -205,7 +208,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                    "step_time_s": dt, "tokens": batch.tokens, "samples": batch.samples}
             losses_fh.write(json.dumps(row) + "\n")
             losses_fh.flush()
-            pending.append((step + 1, {k: row[k] for k in ("loss", "ce", "mse", "lr", "grad_norm", "tokens_per_s", "samples_per_s")}))
+            pending.append((step + 1, {k: row[k] for k in METRIC_KEYS}))
             if len(pending) >= log_every:
                 tracker.log_metrics(run_id, pending)
                 pending = []
