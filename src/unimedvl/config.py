@@ -340,8 +340,6 @@ class Params(_Strict):
     stage3: StageConfig = StageConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
-
-
     storage: StorageConfig = StorageConfig()
     # Named overrides of the sections above (e.g. `smoke`); see unimedvl.train.stages.resolve_params.
     profiles: dict[str, dict[str, Any]] = {}

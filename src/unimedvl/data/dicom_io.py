@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import re
+import stat
 import struct
 import threading
 import warnings
@@ -123,9 +124,12 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
     from pydicom.errors import InvalidDicomError
 
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as e:
         raise Rejected("unreadable", f"the file could not be read: {e.strerror or type(e).__name__}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Rejected("not_a_regular_file", "the path is not a regular file (a FIFO, device or folder)")
+    size = st.st_size
     if size == 0:
         raise Rejected("empty_file", "the file is zero bytes long")
     try:
@@ -199,7 +203,11 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
     frames: list[np.ndarray] = []
     for idx in indices:
         arr, info = _decode(decoder, ds, idx, ts_name)
-        out = _display(arr, info, ds, idx, keep16, bits_stored)
+        try:
+            out = _display(arr, info, ds, idx, keep16, bits_stored)
+        except Exception as e:  # noqa: BLE001 - a palette without its LUT, a text RescaleSlope, a short LUT
+            raise Rejected("decode_error", f"the pixels could not be mapped for display ({type(e).__name__}: "
+                           f"{_short(e, 120)})") from None
         frames.append(images.resize_max_side(out, cfg.max_side))
 
     # --- de-identified metadata ----------------------------------------------------------------

@@ -6,8 +6,10 @@ exception that escapes the adapter.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -27,11 +29,29 @@ def set_max_pixels(n: int) -> None:
     PILImage.MAX_IMAGE_PIXELS = int(n)
 
 
-def safe_path(root: Path, rel: str) -> Path:
-    """Resolve `rel` under `root`; reject absolute paths, `..` escapes and symlinks leaving root."""
+def safe_path(root: Path, rel: str, *, regular: bool = True) -> Path:
+    """Resolve `rel` under `root`; reject absolute paths, `..` escapes and symlinks leaving root.
+
+    With `regular` (the default) only a regular file is returned: opening a FIFO would block the
+    run forever, and a device or socket is never an image.
+    """
     if not rel or not str(rel).strip():
         raise Rejected("missing_field", "the record names no image path")
     rel = str(rel).strip()
+    if "\x00" in rel:
+        raise Rejected("invalid_value", "the path holds a NUL byte, which no file name can contain")
+    try:
+        os.fsencode(rel)  # a file name that is not UTF-8 arrives surrogate-escaped and is fine
+    except UnicodeEncodeError:
+        raise Rejected("invalid_text", "the path holds a lone surrogate that no file name can hold") from None
+    try:
+        return _resolve_under(root, rel, regular)
+    except OSError as e:  # ENAMETOOLONG, ELOOP, EACCES... on the path itself
+        why = "file name too long" if e.errno == errno.ENAMETOOLONG else (e.strerror or type(e).__name__)
+        raise Rejected("unreadable", f"the path could not be looked up: {why} ({type(e).__name__})") from None
+
+
+def _resolve_under(root: Path, rel: str, regular: bool) -> Path:
     if os.path.isabs(rel) or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
         raise Rejected("path_escape", f"image path {rel!r} is absolute; paths must be relative to the input folder")
     root_real = Path(os.path.realpath(root))
@@ -40,13 +60,27 @@ def safe_path(root: Path, rel: str) -> Path:
     if real != root_real and root_real not in real.parents:
         how = "through a symlink" if ".." not in Path(rel).parts else "with '..'"
         raise Rejected("path_escape", f"image path {rel!r} leads outside the input folder {how}")
-    if not real.exists():
-        raise Rejected("missing_file", f"image file {rel!r} does not exist under the input folder")
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        raise Rejected("missing_file", f"image file {rel!r} does not exist under the input folder") from None
+    if regular and not stat.S_ISREG(mode):
+        raise Rejected("not_a_regular_file", f"{rel!r} is a {_kind(mode)}, not a regular file")
     return real
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def read_bytes(path: Path) -> bytes:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise Rejected("not_a_regular_file", f"{path.name} is a {_kind(os.stat(path).st_mode)}, not a regular file")
         data = path.read_bytes()
     except OSError as e:
         raise Rejected("unreadable", f"could not read {path.name}: {e.strerror or e}") from None

@@ -49,7 +49,9 @@ class Keyed:
     key: bytes
 
     def digest(self, *parts: str) -> bytes:
-        return hmac.new(self.key, "\x1f".join(parts).encode(), hashlib.sha256).digest()
+        # surrogatepass: a file name that is not UTF-8 (os.walk hands it over with surrogate
+        # escapes) still gets its stable pseudonym instead of an encoding error.
+        return hmac.new(self.key, "\x1f".join(parts).encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
     def token(self, *parts: str, length: int = 16) -> str:
         return self.digest(*parts).hex()[:length]

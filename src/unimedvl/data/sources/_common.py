@@ -16,6 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import re2
+
 from .. import images
 from ..privacy import scrub_path, scrub_text
 from ..schema import MODALITIES, Image, Rejected
@@ -63,12 +66,57 @@ def read_text(root: Path, rel: str) -> str:
         raise Rejected("invalid_encoding", f"{rel} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
-def load_json(root: Path, rel: str) -> Any:
-    text = read_text(root, rel)
+# Parsing limits for untrusted JSON/CSV: beyond them a document or line is quarantined, not parsed.
+JSON_MAX_DEPTH = 64  # our layouts nest 3-4 deep; Python's parser itself recurses ~1000 deep
+JSON_MAX_INT_DIGITS = 40  # ids and sizes; 4300+ digits is what makes int() raise
+JSONL_MAX_LINE_BYTES = 16 << 20
+CSV_MAX_FIELD_CHARS = 1 << 20
+
+
+def parse_json(text: str, where: str) -> Any:
+    """`json.loads` with depth and integer-size limits; anything hostile -> `malformed_json`."""
+    depth = _json_depth(text)
+    if depth > JSON_MAX_DEPTH:
+        raise Rejected("malformed_json", f"{where} nests {depth} levels deep, over the limit of {JSON_MAX_DEPTH}")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as e:
-        raise Rejected("malformed_json", f"{rel} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise Rejected("malformed_json", f"{where} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except _TooManyDigits as e:
+        raise Rejected("malformed_json", f"{where} holds an integer of {e.args[0]} digits, over the limit of "
+                       f"{JSON_MAX_INT_DIGITS}") from None
+    except RecursionError:
+        raise Rejected("malformed_json", f"{where} nests too deeply to be parsed") from None
+
+
+class _TooManyDigits(ValueError):
+    pass
+
+
+def _bounded_int(s: str) -> int:
+    if len(s.lstrip("-")) > JSON_MAX_INT_DIGITS:
+        raise _TooManyDigits(len(s.lstrip("-")))
+    return int(s)
+
+
+def _json_depth(text: str) -> int:
+    """Maximum bracket depth outside strings: strings blanked by a linear-time RE2 pass, then the
+    depth is a cumulative sum over the remaining brackets (checked before the recursive parser runs)."""
+    if "[" not in text and "{" not in text:
+        return 0
+    bare = _JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass")
+    arr = np.frombuffer(bare, dtype=np.uint8)
+    steps = np.isin(arr, _OPEN).astype(np.int32) - np.isin(arr, _CLOSE).astype(np.int32)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+_JSON_STRING = re2.compile(r'"(?:[^"\\]|\\.)*"')
+_OPEN = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
+
+
+def load_json(root: Path, rel: str) -> Any:
+    return parse_json(read_text(root, rel), rel)
 
 
 def split_from_path(rel: str) -> str | None:
@@ -127,6 +175,12 @@ def iter_csv(root: Path, rel: str, delimiter: str = ",") -> Iterator[tuple[str, 
             yield item, Rejected("malformed_csv", f"row {item} has {len(row)} fields, the header has {len(header)}")
         else:
             yield item, dict(zip(header, row, strict=True))
+
+
+def csv_entries(root: Path, rel: str) -> list[tuple[str, None, tuple[str, dict[str, str] | Rejected]]]:
+    """Every row of a CSV, enumerated before any is processed, as `Context.each` entries
+    (item, None, (item, row or its Rejected))."""
+    return [(item, None, (item, row)) for item, row in iter_csv(root, rel)]
 
 
 def count_csv_rows(path: Path) -> int:

@@ -130,15 +130,21 @@ def read(root: Path | None, ctx: Context) -> Iterator[Item]:
     else:
         entries, base = _candidates(root), root
     seen_keys: set[str] = set()
-    for rel, is_dir_link in entries:
-        yield from _read_one(base, rel, is_dir_link, seen_keys, ctx)
-        ctx.unit_done()
+
+    def one(entry: tuple[str, bool]) -> list[Item]:
+        try:
+            return list(_read_one(base, *entry, seen_keys, ctx))
+        finally:
+            ctx.unit_done()
+
+    # Items are named by their pseudonymous path everywhere, the guard's quarantine lines included.
+    yield from ctx.each([(pseudo_path(ctx.keyed, rel), None, (rel, link)) for rel, link in entries], one)
 
 
 def _read_one(base: Path, rel: str, is_dir_link: bool, seen_keys: set[str], ctx: Context) -> Iterator[Item]:
     uri = pseudo_path(ctx.keyed, rel)
     try:
-        path = images.safe_path(base, rel)
+        path = images.safe_path(base, rel, regular=not is_dir_link)
         if is_dir_link:
             return  # a symlinked folder inside the input: its files are walked at their real place
         dcm = read_dicom(path, ctx.keyed, ctx.cfg, max_frames=MAX_FRAMES)

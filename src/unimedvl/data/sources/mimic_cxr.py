@@ -29,7 +29,7 @@ from pathlib import Path
 from .. import images
 from ..privacy import scrub_path
 from ..schema import IMAGE_TOKEN, Quarantine, Record, Rejected
-from .base import Context
+from .base import Context, classify_failure
 from ._common import ImageCache, load_images, read_text
 
 NAME = "mimic_cxr"
@@ -61,10 +61,9 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
     views: dict[str, str] = {}
     splits: dict[str, str] = {}
     for name, columns in ((METADATA, ("dicom_id", "ViewPosition")), (SPLITS, ("study_id", "split"))):
-        try:
-            table = _table(root, name, columns)
-        except Rejected as e:
-            yield ctx.rejected(name, e)
+        table, bad = ctx.attempt(name, _table, root, name, columns)
+        if bad is not None:
+            yield bad
             continue
         top = {k: v.most_common(1)[0][0] for k, v in table.items()}
         if name == METADATA:
@@ -72,17 +71,21 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
         else:
             splits = {k: Context.normalise_split(v) or "" for k, v in top.items()}
     cache = ImageCache(root, ctx.cfg.max_side)
-    for rel in reports:
-        subject = _SUBJECT.match(Path(rel).parent.name).group(1)  # type: ignore[union-attr]
-        study = _REPORT.match(Path(rel).name).group(1)  # type: ignore[union-attr]
-        source_id = f"{subject}/{study}"
-        try:
-            yield _record(root, ctx, cache, rel, subject, study, views, splits.get(study) or None)
-        except Rejected as e:
-            detail = e.detail
-            for ident in (subject, study):
-                detail = detail.replace(ident, "[ID]") if len(ident) >= 4 else detail
-            yield ctx.reject(scrub_path(rel, (subject, study))[0], e.reason, detail, source_id)
+    entries = [(rel, None, rel) for rel in reports]
+    yield from ctx.each(entries, lambda rel: _report(root, ctx, cache, rel, views, splits))
+
+
+def _report(root: Path, ctx: Context, cache: ImageCache, rel: str, views: dict[str, str],
+            splits: dict[str, str]) -> Record | Quarantine:
+    subject = _SUBJECT.match(Path(rel).parent.name).group(1)  # type: ignore[union-attr]
+    study = _REPORT.match(Path(rel).name).group(1)  # type: ignore[union-attr]
+    try:
+        return _record(root, ctx, cache, rel, subject, study, views, splits.get(study) or None)
+    except Exception as e:  # noqa: BLE001 - quarantined with subject and study numbers cut out
+        reason, detail = classify_failure(e)
+        for ident in (subject, study):
+            detail = detail.replace(ident, "[ID]") if len(ident) >= 4 else detail
+        return ctx.reject(scrub_path(rel, (subject, study))[0], reason, detail, f"{subject}/{study}")
 
 
 def count(root: Path, ctx: Context) -> int | None:

@@ -57,14 +57,11 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
         try:
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=present or None):
                 cols = {c: batch.column(c).to_pylist() for c in present}
-                for j in range(batch.num_rows):
-                    entry = {c: cols[c][j] for c in present}
-                    source_id = f"{rel}#{row}"
-                    try:
-                        yield _record(ctx, cache, rel, row, split, entry, source_id)
-                    except Rejected as e:
-                        yield ctx.rejected(source_id, e, source_id)
-                    row += 1
+                entries = [(f"{rel}#{row + j}", f"{rel}#{row + j}", (row + j, {c: cols[c][j] for c in present}))
+                           for j in range(batch.num_rows)]
+                row += batch.num_rows
+                yield from ctx.each(entries, lambda p, rel=rel, split=split:
+                                    _record(ctx, cache, rel, p[0], split, p[1], f"{rel}#{p[0]}"))
         except Exception as e:  # noqa: BLE001 - a damaged row group: account for the rows not read
             if row < total:
                 yield ctx.reject(rel, "unreadable", f"{rel}: rows {row}..{total - 1} could not be read: {e}")

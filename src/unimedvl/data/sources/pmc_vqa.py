@@ -23,7 +23,7 @@ from .base import Context
 from ._common import (
     ImageCache,
     count_csv_rows,
-    iter_csv,
+    csv_entries,
     modality_from_text,
     scrub_labels,
     split_from_path,
@@ -55,14 +55,18 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
     cache = ImageCache(root, ctx.cfg.max_side)
     resolved: dict[str, str] = {}
     for rel, split in files:
-        for item, row in iter_csv(root, rel):
-            if isinstance(row, Rejected):
-                yield ctx.rejected(item, row)
-                continue
-            try:
-                yield _record(root, ctx, cache, resolved, item, split, row)
-            except Rejected as e:
-                yield ctx.rejected(item, e, item)
+        yield from ctx.each(csv_entries(root, rel),
+                            lambda p, split=split: _row(root, ctx, cache, resolved, split, *p))
+
+
+def _row(root: Path, ctx: Context, cache: ImageCache, resolved: dict[str, str], split: str, item: str,
+         row: Mapping[str, str] | Rejected) -> Record | Quarantine:
+    if isinstance(row, Rejected):
+        return ctx.rejected(item, row)
+    try:
+        return _record(root, ctx, cache, resolved, item, split, row)
+    except Exception as e:  # noqa: BLE001 - quarantined under the row's id
+        return ctx.failed(item, e, item)
 
 
 def count(root: Path, ctx: Context) -> int | None:
