@@ -329,6 +329,52 @@ class StorageConfig(_Strict):
         return v.rstrip("/")
 
 
+# --- registry and promotion (unimedvl register / promote; src/unimedvl/promote) --------------------
+
+
+class RegisterConfig(_Strict):
+    """The MLflow model version `register` creates over stage3's logged model folder."""
+
+    model_name: str = "unimedvl"
+    model_dir: str = "models/stage3"
+    stage_metrics: str = "models/stage3.metrics.json"  # holds stage3's MLflow run id
+    eval_metrics: str = "eval/metrics.json"
+    data_dir: str = "data/qc"  # the training data (manifest sha256, SPDX licences per source)
+    output: str = "register/version.json"
+    headline_metrics: tuple[str, ...] = ("vqa.closed.accuracy", "vqa.closed.blind.accuracy", "vqa.finding.accuracy",
+                                         "report.bleu4", "generation.faithfulness.mean", "explain.pointing_game")
+
+
+class GateConfig(_Strict):
+    """One promotion gate on a metric key of eval/metrics.json (its status must be ok)."""
+
+    metric: str
+    min: float | None = None  # value >= min
+    baseline: str | None = None  # value >= baseline's value + margin (the baseline must be ok too)
+    margin: float = 0.0
+    max_regression: float | None = None  # value >= incumbent's value - max_regression (same inputs only)
+
+
+class PromoteConfig(_Strict):
+    """Gates, the target environment and where promotion writes."""
+
+    environment: str = "staging"
+    commercial: bool = False  # the environment serves commercially: non-commercial training data is refused
+    image: str = "ghcr.io/unimedvl/unimedvl:0.1.0"
+    gates: tuple[GateConfig, ...] = (
+        # Seeing the image must not hurt: the model answers closed questions at least as well as itself
+        # without the image, and no worse than the incumbent on the same inputs.
+        GateConfig(metric="vqa.closed.accuracy", min=0.0, baseline="vqa.closed.blind.accuracy", margin=0.0,
+                   max_regression=0.05),
+    )
+    overlay: str = "infra/overlays/staging"  # the committed overlay (S3 mode only)
+    local_overlay: str = "promote/overlay"  # local mode renders here instead
+    decision: str = "promote/decision.json"
+    audit_log: str = "promote/audit.jsonl"
+    model_card: str = "promote/MODEL_CARD.md"
+    cache_dir: str = "build/promote"  # incumbent re-evaluations, keyed (version, inputs)
+
+
 class Params(_Strict):
     ingest: IngestConfig = IngestConfig()
     qc: QCConfig = QCConfig()
@@ -340,6 +386,9 @@ class Params(_Strict):
     stage3: StageConfig = StageConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
+    # `register` would shadow pydantic's BaseModel.register; the section keeps its step name as an alias.
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    promote: PromoteConfig = PromoteConfig()
     storage: StorageConfig = StorageConfig()
     # Named overrides of the sections above (e.g. `smoke`); see unimedvl.train.stages.resolve_params.
     profiles: dict[str, dict[str, Any]] = {}
@@ -356,7 +405,7 @@ def load_params(path: str | Path | None = "params.yaml") -> Params:
     raw: Any = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    known = set(Params.model_fields)
+    known = {f.alias or name for name, f in Params.model_fields.items()}
     # Sections of steps this version does not know yet are ignored so old code reads new params.
     try:
         return Params(**{k: v for k, v in raw.items() if k in known})
