@@ -174,7 +174,7 @@ class TrainConfig(_Strict):
         "Generate an axial CT image.", "Generate a brain MRI image.",
         "Generate a chest X-ray image.", "Generate an ultrasound image.",
     )
-    grid_steps: int = Field(12, gt=0)
+    grid_steps: int = Field(12, ge=2)  # timesteps on the sampling grid (the reference's num_timesteps)
 
     @field_validator("backend")
     @classmethod
