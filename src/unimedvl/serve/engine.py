@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from ..config import IngestConfig, ServeConfig
-from ..model.unimedvl import LatentImage, Segment, Text, UniMedVL, VitImage
+from ..model.layout import ImageInput, chat_layout
+from ..model.unimedvl import Segment, UniMedVL
 from . import images
 from .explain import heatmap
 from .schemas import Instance, ServeError
@@ -52,20 +53,23 @@ class Prepared:
 
 
 def run_texts(model: UniMedVL, contexts: list[list[Segment]], max_new_tokens: list[int]) -> list[list[int]]:
-    """Answers for several contexts. The one place to switch to the batched sampler
-    (`generate_texts`) when the model has it."""
-    batched = getattr(model, "generate_texts", None)
-    if batched is not None and len(set(max_new_tokens)) == 1:
-        return batched(contexts, max_new_tokens=max_new_tokens[0])
-    return [model.generate_text(c, max_new_tokens=n) for c, n in zip(contexts, max_new_tokens, strict=True)]
+    """Greedy answers for several contexts in one batched decode (`generate_texts`; a batch gives each
+    item what it would get alone), each cut to its own token limit."""
+    out = model.generate_texts(contexts, max_new_tokens=max(max_new_tokens))
+    return [ids[:n] for ids, n in zip(out, max_new_tokens, strict=True)]
 
 
-def run_image(model: UniMedVL, context: list[Segment], steps: int, guidance: float, seed: int,
-              img_scale: float = 1.0) -> torch.Tensor:
-    """One image; the place to switch to `generate_images` (batched) when the model has it."""
-    gen = torch.Generator().manual_seed(seed)
-    return model.generate_image(context, num_steps=steps, cfg_text_scale=guidance, cfg_img_scale=img_scale,
-                                generator=gen)
+# The reference sampler's settings per task (model.sampling; edit as `UniMedVL.edit_image`).
+GENERATE_KW: dict[str, Any] = {}
+EDIT_KW: dict[str, Any] = {"cfg_img_scale": 2.0, "cfg_interval": (0.0, 1.0), "cfg_renorm_type": "text_channel"}
+
+
+def run_images(model: UniMedVL, contexts: list[list[Segment]], steps: int, guidance: float, seeds: list[int],
+               size: tuple[int, int] | None = None, edit: bool = False) -> list[torch.Tensor]:
+    """Images for contexts that share steps, guidance and size, in one batched sampler call."""
+    h, w = size or (None, None)
+    return model.generate_images(contexts, height=h, width=w, num_steps=steps, cfg_text_scale=guidance, seeds=seeds,
+                                 **(EDIT_KW if edit else GENERATE_KW))
 
 
 class Engine:
@@ -118,15 +122,13 @@ class Engine:
     # -- the tasks ---------------------------------------------------------------------------------
 
     def _context(self, p: Prepared) -> list[Segment]:
-        sp, enc = self.tok.special, self.tok.encode
-        segs: list[Segment] = [Text([sp.bos, *enc("user\n")])]
+        """The user turn as training builds it from "<image>\\n<text>" (`model.layout.chat_layout`)."""
+        user: list[Any] = []
         if p.image is not None:
-            segs.append(VitImage(p.image))
-            if p.inst.task == "edit":
-                segs.append(LatentImage(image=p.image, noised=False))
-        segs.append(Text(p.text_ids))
-        segs.append(Text([sp.eos, *enc("\n"), sp.bos, *enc("assistant\n")]))
-        return segs
+            latent = p.image if p.inst.task == "edit" else None
+            user.append(ImageInput(vit=p.image, latent=latent))
+        user.append(p.text_ids)
+        return chat_layout(self.tok, user)
 
     def run(self, batch: list[Prepared], deadline: float | None = None) -> list[dict[str, Any]]:
         """Results in order: {answer} / {answer, findings, impression} / {image, image_format} /
@@ -141,9 +143,15 @@ class Engine:
                 answers = run_texts(self.model, ctxs, [batch[i].inst.max_new_tokens for i in text_jobs])
                 for i, ctx, ids in zip(text_jobs, ctxs, answers, strict=True):
                     out[i] = self._text_result(batch[i], ctx, ids)
+            groups: dict[tuple, list[int]] = {}
             for i, p in enumerate(batch):
                 if p.inst.task in ("generate", "edit"):
-                    out[i] = self._image_result(p)
+                    groups.setdefault((p.inst.task, p.inst.steps, p.inst.guidance), []).append(i)
+            for (task, steps, guidance), idx in groups.items():
+                imgs = run_images(self.model, [self._context(batch[i]) for i in idx], steps, guidance,
+                                  [batch[i].inst.seed for i in idx], edit=task == "edit")
+                for i, img in zip(idx, imgs, strict=True):
+                    out[i] = self._image_result(batch[i], img)
             return out  # type: ignore[return-value]
         finally:
             self._deadline.value = None
@@ -157,10 +165,8 @@ class Engine:
             res["heatmap"] = heatmap(self.model, ctx, ids, p.image_hw)
         return res
 
-    def _image_result(self, p: Prepared) -> dict[str, Any]:
+    def _image_result(self, p: Prepared, img: torch.Tensor) -> dict[str, Any]:
         inst = p.inst
-        img = run_image(self.model, self._context(p), inst.steps, inst.guidance, inst.seed,
-                        img_scale=2.0 if inst.task == "edit" else 1.0)
         arr = images.to_uint8(img)
         prov = {"task": inst.task, "model": self.model_id, "steps": str(inst.steps), "seed": str(inst.seed)}
         data = images.synthetic_dicom(arr, prov) if inst.format == "dicom" else images.synthetic_png(arr, prov)

@@ -124,7 +124,7 @@ def finish(fields: dict[str, Any], index: int, cfg: ServeConfig) -> Instance:
             raise ServeError(400, f"{name} must be a string", name, index)
     inst = Instance(task=task, index=index, image=fields.get("image"),
                     **{k: fields.get(k) for k in TEXT_FIELDS})
-    inst.steps = _int(fields, "steps", index, 1, cfg.max_steps, cfg.default_steps)
+    inst.steps = _int(fields, "steps", index, 2, cfg.max_steps, cfg.default_steps)  # the sampler needs >= 2
     inst.max_new_tokens = _int(fields, "max_new_tokens", index, 1, cfg.max_new_tokens, cfg.default_new_tokens)
     inst.seed = _int(fields, "seed", index, 0, 2**63 - 1, 0)
     g = fields.get("guidance")
