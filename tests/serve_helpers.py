@@ -109,3 +109,67 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._fh.close()
+
+
+def make_data(out: Path, license: str = "CC0-1.0", n: int = 6) -> Path:
+    """A tiny QC'd data set (manifest + one shard) whose training records carry `license`."""
+    from unimedvl.data.images import encode_png
+    from unimedvl.data.schema import SUB_TO_MAIN, Record, Turn
+    from unimedvl.data.shards import DatasetWriter
+
+    w = DatasetWriter(Path(out), step="qc")
+    for i in range(n):
+        rec = Record(id=f"r{i}", dataset="phantom" if i % 2 else "iu_xray", modality="xray",
+                     main_task_type=SUB_TO_MAIN["vqa_closed"], sub_task_type="vqa_closed", split="train", lang="en",
+                     license=license, source_uri="test://", patient_key=f"p{i}",
+                     message=[Turn("human", "<image>\nIs there a nodule?"), Turn("gpt", "no")],
+                     input_img=[encode_png(np.full((64, 64), 40 * (i % 5), dtype=np.uint8))], output_img=[])
+        w.add("test", rec)
+    w.close()
+    return Path(out)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 (SQLite store, proxied artefacts in a local folder)."""
+
+    def __init__(self, root: Path):
+        import urllib.request
+
+        self.root = Path(root)
+        self.artifacts = self.root / "artifacts"
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        mlflow = Path(sys.executable).with_name("mlflow")
+        self._log = open(self.root / "mlflow.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination", str(self.artifacts)],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2)
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"mlflow server did not start:\n{(self.root / 'mlflow.log').read_text()[-2000:]}") from None
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()

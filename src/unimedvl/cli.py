@@ -214,6 +214,70 @@ def serve(
         _fail(str(e), 1)
 
 
+@app.command("register")
+def register_cmd(
+    run_id: Annotated[str | None, typer.Option("--run-id", help="MLflow run that logged the model folder (default: stage3's, from register.stage_metrics).")] = None,
+    params: Annotated[Path, typer.Option(help="params.yaml to read `register` and `tracking` from.")] = Path("params.yaml"),
+) -> None:
+    """Register the stage3 model in the MLflow registry: a pyfunc flavour over the folder stage3 logged
+    (no second upload of the weights), tagged with git commit, data, params and code hashes, evaluation
+    inputs and headline metrics, and the SPDX licences of the training sources; writes register/version.json."""
+    import json
+
+    from .promote.registry import RegisterError, register
+
+    try:
+        summary = register(load_params(params), params, run_id=run_id)
+    except (ParamsError, RegisterError, FileNotFoundError) as e:
+        _fail(str(e), 1)
+    typer.echo(json.dumps({k: summary[k] for k in ("name", "version", "model_uri", "run_id")}))
+
+
+@app.command("promote")
+def promote_cmd(
+    confirm: Annotated[str | None, typer.Option("--confirm", help="'staging': move the staging alias to the staging-candidate (the Argo CD PostSync Job runs this once the InferenceService is Ready).")] = None,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Restore the previous staging version (alias and overlay).")] = False,
+    to: Annotated[str | None, typer.Option("--to", help="'production': set the champion alias to the current staging version.")] = None,
+    commit_branch: Annotated[str | None, typer.Option("--commit-branch", help="Commit the rewritten staging overlay on this new branch for review (S3 mode).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when the candidate is rejected (default: exit 0 and record the decision).")] = False,
+    params: Annotated[Path, typer.Option(help="params.yaml to read `promote`, `register`, `storage` and `tracking` from.")] = Path("params.yaml"),
+) -> None:
+    """Gate the registered candidate on eval/metrics.json (promote.gates, licence gate), then copy it to
+    s3://<models bucket>/<name>/<version>/, pin it in the staging overlay and set staging-candidate.
+    Without an S3 endpoint (AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL) it renders promote/overlay/ and
+    sets staging directly. Writes promote/decision.json, the audit log and the model card."""
+    import json
+
+    from .promote import promotion
+    from .promote.gitops import OverlayError
+    from .promote.registry import RegisterError
+
+    try:
+        p = load_params(params)
+        if sum(bool(x) for x in (confirm, rollback, to)) > 1:
+            raise promotion.PromoteError("give one of --confirm, --rollback, --to")
+        if confirm:
+            result = promotion.confirm(p, confirm)
+        elif rollback:
+            result = promotion.rollback(p, commit_branch=commit_branch)
+        elif to:
+            if to != "production":
+                raise promotion.PromoteError(f"--to takes 'production' (got {to!r})")
+            result = promotion.to_production(p)
+        else:
+            result = promotion.promote(p, params, commit_branch=commit_branch)
+            failed = [g["gate"] + ": " + (g["reason"] or "") for g in result["gates"] if not g["passed"]]
+            typer.echo(json.dumps({"passed": result["passed"], "version": result["candidate"]["version"],
+                                   "mode": result["mode"], "uploaded": result["uploaded"],
+                                   "aliases": result["aliases"], "failed": failed}))
+            if not result["passed"] and strict:
+                raise typer.Exit(promotion.EXIT_REJECTED_STRICT)
+            return
+    except (ParamsError, promotion.PromoteError, RegisterError, OverlayError, FileNotFoundError) as e:
+        _fail(str(e), 1)
+    typer.echo(json.dumps(result))
+
+
 def main() -> None:
     app()
 
