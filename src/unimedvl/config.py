@@ -289,6 +289,7 @@ class ServeConfig(_Strict):
     request_timeout_s: float = Field(120.0, gt=0, description="model work per request; over it gets 504")
     queue_length: int = Field(16, ge=1, description="requests waiting or running; one more gets 429")
     torch_threads: int = Field(0, ge=0, description="0: torch's default")
+    ignore_eos: bool = False  # decode exactly max_new_tokens (fixed-length decoding for benchmarks)
 
 
 class StorageBucketsConfig(_Strict):
@@ -372,7 +373,8 @@ class PromoteConfig(_Strict):
     decision: str = "promote/decision.json"
     audit_log: str = "promote/audit.jsonl"
     model_card: str = "promote/MODEL_CARD.md"
-    cache_dir: str = "build/promote"  # incumbent re-evaluations, keyed (version, inputs)
+    benchmark_dir: str = "data/benchmark"  # re-evaluating an incumbent on the candidate's inputs
+    judge_dir: str = "models/judge"
 # --- evaluation: benchmark, judge, evaluate (src/unimedvl/evaluate) ---------------------------------
 
 class BenchmarkConfig(_Strict):

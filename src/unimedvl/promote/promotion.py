@@ -93,13 +93,17 @@ def incumbent_metrics(c, params: Params, incumbent, inputs: dict[str, Any]):
                 return EvalMetrics.model_validate_json(Path(path).read_text()), None
             except Exception:  # noqa: BLE001 - absent: fall through to re-evaluation
                 pass
-        try:
-            from ..evaluate.run import evaluate_model  # the evaluate step's library function
-        except ImportError:
-            return None, (f"incumbent version {incumbent.version} was evaluated on other inputs and this build "
-                          "cannot re-evaluate it (unimedvl.evaluate.run.evaluate_model is missing)")
+        from ..evaluate.run import evaluate
+
+        pc = params.promote
+        needed = {"data": Path(params.register_.data_dir), "benchmark": Path(pc.benchmark_dir), "judge": Path(pc.judge_dir)}
+        absent = [f"{k} ({v})" for k, v in needed.items() if not v.exists()]
+        if absent:
+            return None, (f"incumbent version {incumbent.version} was evaluated on other inputs and cannot be "
+                          f"re-evaluated here: missing {', '.join(absent)}")
         folder = Path(c.download_artifacts(incumbent.run_id, "model", tmp))
-        metrics = evaluate_model(folder, params)
+        metrics = evaluate(folder, needed["data"], needed["benchmark"], needed["judge"], Path(tmp) / "reeval", params,
+                           log_to_mlflow=False)
         out = Path(tmp) / f"reeval-{key}.json"
         out.write_text(metrics.model_dump_json(indent=2))
         c.log_artifact(incumbent.run_id, str(out), where)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,8 @@ class Engine:
                              f"mismatched {report.mismatched[:3]})")
         self.model.eval().requires_grad_(False)
         self.tok = load_tokenizer(self.folder)
+        if self.cfg.ignore_eos:  # the sampler stops on model.special.eos; no token has id -1
+            self.model.special = replace(self.model.special, eos=-1)
         self.resolution = self.model.cfg.vit.image_size
         self.lineage = report.lineage
         self.version = version
@@ -162,7 +164,7 @@ class Engine:
         if p.inst.task == "report":
             res.update(split_report(answer))
         if p.inst.task == "explain":
-            res["heatmap"] = heatmap(self.model, ctx, ids, p.image_hw)
+            res["heatmap"] = heatmap(self.model, ctx, ids, p.image_hw, eos=self.tok.special.eos)
         return res
 
     def _image_result(self, p: Prepared, img: torch.Tensor) -> dict[str, Any]:

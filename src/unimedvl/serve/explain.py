@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from ..model.unimedvl import Segment, Text, UniMedVL, VitImage, pack
 
 
-def patch_scores(model: UniMedVL, context: list[Segment], answer_ids: list[int]) -> torch.Tensor:
-    """|gradient x input| per ViT patch of the (single) image in `context`: [h_patches, w_patches]."""
+def patch_scores(model: UniMedVL, context: list[Segment], answer_ids: list[int], eos: int | None = None) -> torch.Tensor:
+    """|gradient x input| per ViT patch of the (single) image in `context`: [h_patches, w_patches].
+    The answer is scored with its end-of-turn token (`eos`, default the model's)."""
     vit = [s for s in context if isinstance(s, VitImage)]
     if len(vit) != 1:
         raise ValueError("explain needs exactly one image in the context")
-    target = Text([*answer_ids, model.special.eos], supervised=True)
+    target = Text([*answer_ids, model.special.eos if eos is None else eos], supervised=True)
     dev = model.llm2vae.weight.device
     batch = pack([[*context, target]], model.cfg, model.special).to(dev)
     patches = batch.vit_patches.detach().clone().requires_grad_(True)
@@ -38,9 +39,10 @@ def patch_scores(model: UniMedVL, context: list[Segment], answer_ids: list[int])
     return scores.reshape(image.shape[1] // p, image.shape[2] // p).detach()
 
 
-def heatmap(model: UniMedVL, context: list[Segment], answer_ids: list[int], size: tuple[int, int]) -> np.ndarray:
+def heatmap(model: UniMedVL, context: list[Segment], answer_ids: list[int], size: tuple[int, int],
+            eos: int | None = None) -> np.ndarray:
     """Patch scores upsampled to `size` (h, w) and scaled to [0, 1] (all zeros when flat)."""
-    s = patch_scores(model, context, answer_ids).float()
+    s = patch_scores(model, context, answer_ids, eos).float()
     up = F.interpolate(s[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     lo, hi = float(up.min()), float(up.max())
     if hi - lo <= 1e-12:
