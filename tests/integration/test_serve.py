@@ -243,7 +243,7 @@ def test_other_client_mistakes(server):
     assert r.status_code == 415 and r.json()["field"] == "content-type"
     r = httpx.post(f"{server.url}/v1/models/nosuchmodel:predict", json={"instances": [{"task": "vqa"}]})
     assert r.status_code == 404
-    r = _v2_json(server, [_t("task", ["generate"]), _t("prompt", ["p"])] , params=None)
+    r = _v2_json(server, [_t("task", ["generate"]), _t("prompt", ["p"])])
     assert r.status_code == 200
 
 
