@@ -286,7 +286,7 @@ class ServeConfig(_Strict):
     max_new_tokens: int = Field(128, ge=1, description="answer / report length cap")
     default_new_tokens: int = Field(48, ge=1)
     max_question_tokens: int = Field(256, ge=1, description="question / prompt / instruction length, tokens")
-    request_timeout_s: float = Field(120.0, gt=0, description="model work per request; over it gets 504")
+    request_timeout_s: float = Field(120.0, gt=0, description="queue wait + model work per request; over it gets 504")
     queue_length: int = Field(16, ge=1, description="requests waiting or running; one more gets 429")
     torch_threads: int = Field(0, ge=0, description="0: torch's default")
     ignore_eos: bool = False  # decode exactly max_new_tokens (fixed-length decoding for benchmarks)
