@@ -12,12 +12,14 @@ import functools
 import hashlib
 import hmac
 import os
-import re
 import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import deid
+from .patterns import bounded
 
 KEY_ENV = "UNIMEDVL_SECRET_KEY"  # hex or any string
 KEY_FILE_ENV = "UNIMEDVL_SECRET_FILE"
@@ -93,75 +95,25 @@ def _split_for(keyed: Keyed, group: str, fraction_items: tuple[tuple[str, float]
     return "train"
 
 
-# --- report text -----------------------------------------------------------------------------------
+# --- text and paths ------------------------------------------------------------------------------
 
-_MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
-TEXT_PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
-    ("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"), "[EMAIL]"),
-    (
-        "date",
-        re.compile(
-            r"\b(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}"
-            rf"|\d{{1,2}}\s+{_MONTHS}\s+\d{{2,4}}|{_MONTHS}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}})\b",
-            re.IGNORECASE,
-        ),
-        "[DATE]",
-    ),
-    (
-        "phone",
-        re.compile(r"(?<!\w)(?:\+?\d{1,2}[\s.-])?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}\b"),
-        "[PHONE]",
-    ),
-    (
-        "person_name",
-        re.compile(r"\b(?:Dr|Doctor|Mr|Mrs|Ms|Prof)\.?\s+[A-Z][a-zA-Z'-]+(?:\s+[A-Z][a-zA-Z'-]+)?"),
-        "[NAME]",
-    ),
-    (
-        "id_number",
-        # Labelled IDs ("MRN: 1234"), and any run of 6+ digits, also glued to a short upper-case
-        # prefix as in "MRN98765432" or "ACC55501234" (file and folder names carry them that way).
-        re.compile(
-            r"(?<![A-Za-z0-9])(?:MRN|ID|Acc(?:ession)?|No|#)[:#.\s]*[A-Z]{0,3}\d{4,}(?!\d)"
-            r"|(?<!\d)(?<!\d\.)[A-Z]{0,4}\d{6,}(?!\d|\.\d)"  # not part of a decimal number
-        ),
-        "[ID]",
-    ),
-]
-
-
-# Every pattern above needs a digit, an "@" or a title word; one search for those rules out most
-# strings (questions, captions, labels) before the five substitutions run.
-_MAYBE_PHI = re.compile(r"[\d@]|\b(?:Dr|Doctor|Mr|Mrs|Ms|Prof)\b")
-
-
-def scrub_text(text: str) -> tuple[str, list[str]]:
-    """Replace dates, phone numbers, e-mail addresses, ID-like numbers and titled names."""
-    if not _MAYBE_PHI.search(text):
-        return text, []
-    cleaned, touched = _scrub_cached(text)
-    return cleaned, list(touched)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _scrub_cached(text: str) -> tuple[str, tuple[str, ...]]:
-    # Templated questions and URIs repeat across the records of one image: cache by text.
-    touched: list[str] = []
-    for name, pattern, replacement in TEXT_PATTERNS:
-        text, n = pattern.subn(replacement, text)
-        if n:
-            touched.append(f"text:{name}")
-    return text, tuple(touched)
+# The one text scrubber (unimedvl.data.deid): `scrub_text(text)` -> (text with [NAME], [DATE]...
+# placeholders, categories touched); `scrub_text(text, mode="drop")` removes the values instead
+# (the server's door). `detect(text)` gives the spans (QC's residual-PHI check).
+scrub_text = deid.scrub_text
+detect = deid.detect
 
 
 def scrub_json(value: Any) -> tuple[Any, list[str]]:
-    """`scrub_text` over every string inside a JSON-able value (labels, metadata)."""
+    """`scrub_text` over every string inside a JSON-able value (labels, metadata), keys included."""
     if isinstance(value, str):
         return scrub_text(value)
     if isinstance(value, dict):
         out, touched = {}, []
         for k, v in value.items():
-            out[k], t = scrub_json(v)
+            key, t = scrub_text(str(k))
+            touched += t
+            out[key], t = scrub_json(v)
             touched += t
         return out, touched
     if isinstance(value, list | tuple):
@@ -170,26 +122,50 @@ def scrub_json(value: Any) -> tuple[Any, list[str]]:
     return value, []
 
 
-def scrub_path(rel_path: str, extra_identifiers: tuple[str, ...] = ()) -> tuple[str, list[str]]:
-    """Scrub path components that carry names or IDs (e.g. `Smith_John/12345678/img.dcm`)."""
-    cleaned, touched = _scrub_path_cached(str(rel_path), tuple(extra_identifiers))
+_LETTERS = str.maketrans("0123456789abcdef", "ghijklmnopqrstuv")
+# Separators that split a stored path or URI into components: folders, `file#fragment`, `file:line`.
+_SEPARATORS = bounded(r"([/#:=])", 4096)
+_EXTENSION = bounded(r"(.+?)((?:\.[A-Za-z][A-Za-z0-9]{0,4}){1,2})", 512)
+_ID_RUN = bounded(r"\d{5,}", 512)
+
+
+def component_token(keyed: Keyed, part: str, kind: str = "p") -> str:
+    """A path component's keyed pseudonym: letters only (a run of digits would read as an ID)."""
+    return kind + "-" + keyed.token("path", part, length=12).translate(_LETTERS)
+
+
+def scrub_path(rel_path: str, extra_identifiers: tuple[str, ...] = (), keyed: Keyed | None = None) -> tuple[str, list[str]]:
+    """A relative path or URI with its structure kept and every component that is not a plain
+    file-system token (it holds a name, an ID, a date: whatever `detect` finds, a 5+ digit run, or
+    one of `extra_identifiers`) replaced: by its keyed pseudonym when `keyed` is given (the same
+    component always gets the same token), else by a placeholder. The extension is kept."""
+    cleaned, touched = _scrub_path_cached(str(rel_path), tuple(extra_identifiers), keyed)
     return cleaned, list(touched)
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _scrub_path_cached(rel_path: str, extra_identifiers: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    # One image's URI is scrubbed once for each of its records: cache by path.
-    touched: list[str] = []
-    parts = []
-    for part in Path(rel_path).as_posix().split("/"):
-        new, t = scrub_text(part)
-        for ident in extra_identifiers:
-            if ident and len(ident) >= 3 and ident.lower() in new.lower():
-                new = re.sub(re.escape(ident), "[ID]", new, flags=re.IGNORECASE)
-                t.append("path:identifier")
-        parts.append(new)
-        touched += [x.replace("text:", "path:") for x in t]
-    return "/".join(parts), tuple(sorted(set(touched)))
+def _scrub_path_cached(rel_path: str, extra_identifiers: tuple[str, ...], keyed: Keyed | None) -> tuple[str, tuple[str, ...]]:
+    touched: set[str] = set()
+    out = []
+    for piece in _SEPARATORS.split(rel_path.replace("\\", "/")[:4096]):
+        if not piece or _SEPARATORS.fullmatch(piece) or piece in (".", ".."):
+            out.append(piece)
+            continue
+        m = _EXTENSION.fullmatch(piece)
+        stem, ext = (m.group(1), m.group(2)) if m else (piece, "")
+        words = stem.replace("_", " ").replace("^", " ").replace("-", " ").replace(".", " ")
+        spans = deid.detect(words) or deid.detect(stem)
+        hits = {f"path:{s.category}" for s in spans}
+        if _ID_RUN.search(stem):
+            hits.add("path:id")
+        if any(i and len(i) >= 3 and i.lower() in piece.lower() for i in extra_identifiers):
+            hits.add("path:identifier")
+        if hits:
+            touched |= hits
+            out.append((component_token(keyed, stem) if keyed is not None else "[REDACTED]") + ext)
+        else:
+            out.append(piece)
+    return "".join(out), tuple(sorted(touched))
 
 
 # --- DICOM headers (PS3.15 Annex E, Basic Application Level Confidentiality Profile) ------------
@@ -259,7 +235,7 @@ class DicomScrub:
                     touched.add(f"dicom:{kw or 'person_name'}")
                 # SH is left out: it holds coded values (CodeValue "113691") the text scrubber would mangle;
                 # the SH attributes that identify people (StationName, AccessionNumber...) are removed above.
-                elif elem.VR in ("LO", "LT", "ST", "UT") and isinstance(elem.value, str) and elem.value:
+                elif elem.VR in ("LO", "LT", "ST", "UT") and isinstance(elem.value, str) and elem.value:  # noqa: SIM114
                     cleaned, t = scrub_text(elem.value)
                     if t:
                         elem.value = cleaned

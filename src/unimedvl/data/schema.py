@@ -215,7 +215,7 @@ QC_REASONS: dict[str, str] = {
     "extreme_aspect_ratio": "the image is longer than qc.max_aspect times its width (or the reverse)",
     # text checks
     "text_length": "a turn is blank or longer than qc.max_turn_chars",
-    "residual_phi": "text still matches a PHI pattern (date, phone, e-mail, ID number, titled name)",
+    "residual_phi": "text still holds a value the ingest scrubber detects (name, date, phone, ID, address...)",
     "mojibake": "text holds replacement/control characters or UTF-8 decoded as Latin-1",
     "language_mismatch": "the language tag does not match the script of the text",
     # duplicates, leakage, alignment

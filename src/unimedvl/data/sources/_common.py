@@ -20,7 +20,7 @@ import numpy as np
 import re2
 
 from .. import images
-from ..privacy import scrub_path, scrub_text
+from ..privacy import scrub_json
 from ..schema import MODALITIES, Image, Rejected
 from .base import Context
 
@@ -43,8 +43,9 @@ def text_field(entry: Mapping[str, Any], name: str, *, required: bool = True) ->
 
 
 def scrub_labels(labels: dict[str, Any]) -> dict[str, Any]:
-    """Labels hold source text (answers, findings): scrub it like the message (ctx.record does not)."""
-    return {k: scrub_text(v)[0] if isinstance(v, str) else v for k, v in labels.items()}
+    """Labels hold source text (answers, findings, keys): scrubbed like the message (ctx.record
+    scrubs them again; the text is cached, so the second pass costs a lookup)."""
+    return scrub_json(labels)[0]
 
 
 def under(prefix: str, name: str) -> str:
@@ -207,9 +208,9 @@ class ImageCache:
         hit = self._items.get(rel)
         if hit is None:
             try:
-                img = images.load_image_file(self.root, rel, self.max_side)
-                safe, touched = scrub_path(rel, extra_identifiers)
-                hit = (replace(img, path=safe), touched)
+                # The path stays as read: ctx.record replaces its identifying components by keyed
+                # pseudonyms (the one place that holds the key).
+                hit = (images.load_image_file(self.root, rel, self.max_side), [])
             except Rejected as e:
                 hit = e
             self._put(rel, hit)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ...config import IngestConfig
+from .. import vocab
 from ..privacy import Keyed, scrub_json, scrub_path, scrub_text, split_for
 from ..schema import SPLITS, SUB_TO_MAIN, Image, Quarantine, Record, Rejected, Turn, clean_text, text_problem
 
@@ -58,7 +59,7 @@ class Context:
         # detail, never the line.
         item, detail = clean_text(str(item)), clean_text(str(detail))
         try:
-            safe_item, _ = scrub_path(item)
+            safe_item, _ = scrub_path(item, keyed=self.keyed)
         except Exception:  # noqa: BLE001 - see above
             safe_item = "[ITEM]"
         try:
@@ -151,26 +152,26 @@ class Context:
                 text, t = scrub_text(text)
                 touched += t
             turns.append(Turn(role, text))
-        uri, t = scrub_path(source_uri)
+        uri, t = scrub_path(source_uri, keyed=self.keyed)
         touched += t
-        if scrub and labels is not None:
+        if labels is not None:  # labels are source text (answers, findings, keys): always scrubbed
             labels, t = scrub_json(labels)
             touched += [x.replace("text:", "labels:") for x in t]
         scrubbed_images = []
         for img in [*input_img, *output_img]:
-            path, t = scrub_path(img.path)
+            path, t = scrub_path(img.path, keyed=self.keyed)
             touched += t
             scrubbed_images.append(replace(img, path=path) if path != img.path else img)
         input_img, output_img = scrubbed_images[: len(input_img)], scrubbed_images[len(input_img):]
         rec = Record(
             id=self.keyed.record_id(self.source, source_id),
-            dataset=dataset or self.source,
+            dataset=vocab.dataset_slug(dataset or self.source, self.source),
             modality=modality,
             main_task_type=SUB_TO_MAIN[sub_task],
             sub_task_type=sub_task,
             split=split or self.split_of(patient),
             lang=lang,
-            license=license,
+            license=vocab.spdx(license),
             source_uri=uri,
             patient_key=self.keyed.patient_key(self.source, patient),
             message=turns,

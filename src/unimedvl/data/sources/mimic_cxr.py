@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .. import images
-from ..privacy import scrub_path
 from ..schema import IMAGE_TOKEN, Quarantine, Record, Rejected
 from .base import Context, classify_failure
 from ._common import ImageCache, load_images, read_text
@@ -85,7 +84,7 @@ def _report(root: Path, ctx: Context, cache: ImageCache, rel: str, views: dict[s
         reason, detail = classify_failure(e)
         for ident in (subject, study):
             detail = detail.replace(ident, "[ID]") if len(ident) >= 4 else detail
-        return ctx.reject(scrub_path(rel, (subject, study))[0], reason, detail, f"{subject}/{study}")
+        return ctx.reject(rel, reason, detail, f"{subject}/{study}")  # the path is pseudonymised there
 
 
 def count(root: Path, ctx: Context) -> int | None:
@@ -167,17 +166,16 @@ def _record(root: Path, ctx: Context, cache: ImageCache, rel: str, subject: str,
         prompt = "Write a chest X-ray report (findings and impression)."
     if indication:
         prompt += f"\nIndication: {indication}"
-    uri, t = scrub_path(rel, ids)
     return ctx.record(
         source_id=f"{subject}/{study}",
         patient=subject,
         sub_task="report" if imgs else "text_only",
         modality="xray" if imgs else "none",
         license=LICENSE,
-        source_uri=uri,
+        source_uri=rel,
         message=[("human", prompt), ("gpt", answer)],
         input_img=imgs,
         split=split,
         labels={"views": [views.get(Path(n).stem) for n in jpgs[:MAX_IMAGES]]} if imgs else None,
-        phi_removed=touched + t,
+        phi_removed=touched,
     )

@@ -18,7 +18,6 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from .. import images
-from ..privacy import scrub_path
 from ..schema import IMAGE_TOKEN, Image, Quarantine, Record, Rejected
 from .base import Context
 from ._common import ImageCache, scrub_labels, split_from_path, text_field
@@ -118,8 +117,7 @@ def _image(ctx: Context, cache: ImageCache, rel: str, row: int, value: Any) -> t
     if hit is None:
         try:
             arr = images.decode_image(data, name=label)
-            path, touched = scrub_path(name or label)
-            hit = (images.encode_png(images.resize_max_side(arr, ctx.cfg.max_side), path=path), touched)
+            hit = (images.encode_png(images.resize_max_side(arr, ctx.cfg.max_side), path=name or label), [])
         except Rejected as e:
             hit = e
         cache.put_bytes(digest, hit)
