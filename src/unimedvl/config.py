@@ -138,6 +138,7 @@ class StageConfig(_Strict):
     min_lr_ratio: float | None = Field(None, ge=0, le=1)
     weight_decay: float | None = Field(None, ge=0)
     ema_decay: float | None = Field(None, ge=0, lt=1)
+    ema_schedule: str | None = None  # ramp: min(ema_decay, (1+n)/(10+n)) after n updates | constant
     grad_clip: float | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, gt=0)
     max_text_tokens: int | None = Field(None, gt=0)
@@ -169,6 +170,7 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(50, gt=0)
     checkpoint_dir: str = "build/checkpoints"  # outside DVC outputs: a re-run resumes from here
     heldout_samples: int = Field(8, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)  # step folders kept per stage run (older ones are pruned)
     log_every: int = Field(1, gt=0)
     grid_prompts: tuple[str, ...] = (
         "Generate an axial CT image.", "Generate a brain MRI image.",

@@ -8,8 +8,9 @@ sibling folder named after that stage (`models/stage1` starts from `models/autoe
 
 Profiles. `params.yaml` holds the demo values; `profiles.<name>` holds overrides of any section,
 applied when the profile is selected: `--profile NAME`, else env `UNIMEDVL_PROFILE`, else
-`train.profile` (default `demo`, which has no overrides). The `smoke` profile runs the whole pipeline
-in under two minutes for the end-to-end tests.
+`train.profile` (default `demo`, which has no overrides). Under `dvc repro` only `train.profile` (a
+param DVC tracks) may choose: a differing `UNIMEDVL_PROFILE` is an error naming both. The `smoke`
+profile runs the whole pipeline in under two minutes for the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -45,8 +46,17 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def resolve_params(params: Params, profile: str | None = None) -> Params:
-    """Apply the selected profile's overrides (validated like params.yaml itself)."""
-    name = profile or os.environ.get("UNIMEDVL_PROFILE") or params.train.profile
+    """Apply the selected profile's overrides (validated like params.yaml itself).
+
+    Under `dvc repro` (env DVC_STAGE set) the profile is `train.profile`, the param DVC tracks: an
+    `UNIMEDVL_PROFILE` that differs is an error, or DVC would call outputs of another profile up to date.
+    """
+    env = os.environ.get("UNIMEDVL_PROFILE")
+    if os.environ.get("DVC_STAGE") and not profile and env and env != params.train.profile:
+        raise StageError(f"UNIMEDVL_PROFILE={env!r} differs from train.profile={params.train.profile!r} in params.yaml "
+                         f"under `dvc repro` (stage {os.environ['DVC_STAGE']}): DVC tracks train.profile, so set "
+                         f"train.profile: {env} in params.yaml (or unset UNIMEDVL_PROFILE)")
+    name = profile or env or params.train.profile
     if name in (None, "", "demo") and "demo" not in params.profiles:
         return params
     if name not in params.profiles:
@@ -370,11 +380,19 @@ def _train_stage(stage: str, data_dir: Path, out_dir: Path, params: Params, prev
     from ..tracking import manifest_sha256
 
     spec = stage_spec(params, stage)
+    tc = params.train
+    if tc.use_gpu and not ray_address and not torch.cuda.is_available():
+        from .ray_job import no_cuda_message
+
+        raise StageError(no_cuda_message())
     prev = _previous(stage, out_dir, Path(prev_dir) if prev_dir else None)
     _check_compatible(prev, params)
-    from ..model.checkpoint import load_model
+    from ..model.checkpoint import MissingTokenizer, inspect_folder
 
-    _, report = load_model(prev)
+    try:  # headers only: the workers load the weights once
+        report = inspect_folder(prev)
+    except MissingTokenizer as e:
+        raise StageError(str(e)) from None
     if not report.ok:
         raise StageError(f"{prev} does not load cleanly: missing {report.missing[:3]}, unexpected {report.unexpected[:3]}, "
                          f"mismatched {report.mismatched[:3]}")
@@ -406,7 +424,11 @@ def _run_and_log(run, stage, data_dir, out_dir, params, spec, total, h, prev, ck
     from .plots import loss_curves_png
     from .ray_job import LOSSES, PROGRESS, read_losses, run_training
 
+    from .checkpoints import code_hash, mark_finished
+
     tc = params.train
+    code = code_hash()
+    run.set_tags({"unimedvl.code_sha256": code})
     sysm = SystemMetrics(uri, run.run_id, params.tracking.system_metrics_interval, params.tracking.system_metrics)
     config = {
         "spec": spec.to_dict(), "total_steps": total, "seed": tc.seed, "strategy": tc.strategy,
@@ -415,8 +437,10 @@ def _run_and_log(run, stage, data_dir, out_dir, params, spec, total, h, prev, ck
         "out_dir": str(out_dir.resolve()), "run_id": run.run_id, "tracking_uri": uri, "experiment": params.tracking.experiment,
         "heldout_samples": tc.heldout_samples, "log_every": tc.log_every, "progress_file": str((ckpt / PROGRESS).resolve()),
         "languages": list(params.ingest.mixture_languages),
-        "lineage": _lineage(data_dir, h, prev, stage, {"curriculum": tc.curriculum, "profile": tc.profile}),
+        "lineage": _lineage(data_dir, h, prev, stage, {"curriculum": tc.curriculum, "profile": tc.profile,
+                                                        "code_sha256": code}),
         "torch_extensions_dir": str((root / "build" / "torch_extensions").resolve()),
+        "code_hash": code, "keep_checkpoints": tc.keep_checkpoints,
         **hooks,
     }
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", config["torch_extensions_dir"])
@@ -447,7 +471,8 @@ def _run_and_log(run, stage, data_dir, out_dir, params, spec, total, h, prev, ck
         run.set_tags({"unimedvl.model_artifact": "model"})
     else:
         run.log_artifact(out_dir / "lineage.json", "model")
-    return result
+    mark_finished(ckpt)  # a later run of this stage trains again instead of resuming a finished run
+    return {**result, "code_sha256": code}
 
 
 def sample_grid(folder: Path, prompts: tuple[str, ...], steps: int, seed: int, out: Path) -> Path:
