@@ -398,12 +398,12 @@ class JudgeConfig(_Strict):
     """The generation judge: a small CNN classifier + feature extractor (never trained on generated images)."""
 
     seed: int = Field(9_000_001, ge=0, description="phantom seed of its training images")
-    phantoms: int = Field(3000, ge=20, description="phantom images generated for it (80% train / 20% held out)")
+    phantoms: int = Field(4000, ge=20, description="phantom images generated for it (80% train / 20% held out)")
     real_images: int = Field(600, ge=0, description="QC'd real train images added as finding-free negatives")
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(16, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
-    width: int = Field(12, ge=4, description="channels of the first conv block (doubles per block)")
+    width: int = Field(16, ge=4, description="channels of the first conv block (doubles per block)")
     feature_dim: int = Field(32, ge=2, description="feature size used for the domain Frechet distance")
     resolution: int = Field(64, ge=32)
     min_auroc: float = Field(0.95, ge=0.5, le=1.0, description="held-out AUROC each finding must reach")
@@ -415,6 +415,7 @@ class EvalSamplingConfig(_Strict):
     steps: int = Field(20, ge=1)
     cfg_text_scale: float = Field(4.0, ge=1.0)
     cfg_img_scale: float = Field(1.5, ge=1.0)
+    timestep_shift: float = Field(3.0, gt=0)
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(0.0, ge=0.0)
     batch_size: int = Field(16, ge=1)

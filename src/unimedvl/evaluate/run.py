@@ -217,7 +217,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, bench_dir: str | Path,
         test_manifest_sha256=manifest_sha256(data_dir), benchmark_manifest_sha256=manifest_sha256(bench_dir),
         judge_sha256=judge_sha256(judge_dir), protocol_version=PROTOCOL_VERSION,
         sampling=Sampling(steps=s.steps, cfg_text_scale=s.cfg_text_scale, cfg_img_scale=s.cfg_img_scale,
-                          timestep_shift=float(ev.model.cfg.timestep_shift), max_new_tokens=s.max_new_tokens,
+                          timestep_shift=s.timestep_shift, max_new_tokens=s.max_new_tokens,
                           temperature=s.temperature, batch_size=s.batch_size, seed=s.seed),
         model_lineage=ev.lineage, model_dir=str(model_dir), untrained_cache_key=ev.images.get("untrained_key"))
     result = EvalMetrics(metrics=dict(sorted(ev.metrics.items())), inputs=inputs)

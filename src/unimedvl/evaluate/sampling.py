@@ -3,8 +3,8 @@ function per modality that runs them.
 
 A context is the training sample of a record without its target (`train.data.record_to_sample` drops
 nothing else), so evaluation prompts the model exactly as it was trained. The blind baseline is the same
-context without its ViT image blocks. `generate_texts` / `generate_images` are the only places that call
-the model's samplers, so switching to the batched sampler is a change here alone.
+context without its image blocks. `generate_texts` / `generate_images` are the only places that call
+the model's (batched) samplers.
 """
 
 from __future__ import annotations
@@ -36,48 +36,32 @@ def has_image(segments: list[Segment]) -> bool:
 
 def generate_texts(model, contexts: Sequence[list[Segment]], max_new_tokens: int, sampling: EvalSamplingConfig,
                    progress=None) -> list[list[int]]:
-    """Greedy (temperature 0) or nucleus answers, one list of token ids per context."""
-    batched = getattr(model, "generate_texts", None)
+    """Greedy (temperature 0) or nucleus answers, one list of token ids per context, `batch_size`
+    contexts per call of the model's batched sampler (item i depends only on context i and seed i)."""
     top_p = None if sampling.temperature == 0 else 0.9
     out: list[list[int]] = []
-    if batched is not None:
-        for i in range(0, len(contexts), sampling.batch_size):
-            chunk = list(contexts[i : i + sampling.batch_size])
-            out += batched(chunk, max_new_tokens=max_new_tokens, top_p=top_p, temperature=max(sampling.temperature, 1.0))
-            if progress is not None:
-                progress(len(chunk))
-        return out
-    gen = torch.Generator().manual_seed(sampling.seed)
-    for ctx in contexts:
-        out.append(model.generate_text(ctx, max_new_tokens=max_new_tokens, top_p=top_p,
-                                       temperature=max(sampling.temperature, 1.0), generator=gen))
+    for i in range(0, len(contexts), sampling.batch_size):
+        chunk = list(contexts[i : i + sampling.batch_size])
+        out += model.generate_texts(chunk, max_new_tokens, top_p=top_p, temperature=max(sampling.temperature, 1e-5),
+                                    seeds=[sampling.seed + i + k for k in range(len(chunk))])
         if progress is not None:
-            progress(1)
+            progress(len(chunk))
     return out
 
 
 def generate_images(model, contexts: Sequence[list[Segment]], seeds: Sequence[int], sampling: EvalSamplingConfig,
                     progress=None) -> torch.Tensor:
     """[N, C, H, W] in [-1, 1]; image `i` starts from the noise of `seeds[i]` (the same for every model,
-    so two models are compared on the same draws). Image guidance applies only to contexts with images."""
-    batched = getattr(model, "generate_images", None)
-    out = []
-    if batched is not None:
-        for i in range(0, len(contexts), sampling.batch_size):
-            chunk = list(contexts[i : i + sampling.batch_size])
-            gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i : i + sampling.batch_size]]
-            imgs = batched(chunk, num_steps=sampling.steps, cfg_text_scale=sampling.cfg_text_scale,
-                           cfg_img_scale=sampling.cfg_img_scale, generators=gens)
-            out += list(imgs)
-            if progress is not None:
-                progress(len(chunk))
-        return torch.stack(out) if out else torch.zeros(0)
-    for ctx, seed in zip(contexts, seeds, strict=True):
-        img_scale = sampling.cfg_img_scale if has_image(ctx) else 1.0
-        out.append(model.generate_image(ctx, num_steps=sampling.steps, cfg_text_scale=sampling.cfg_text_scale,
-                                        cfg_img_scale=img_scale, generator=torch.Generator().manual_seed(int(seed))))
+    so two models are compared on the same draws). The reference sampler's guidance rules apply (image
+    guidance only where the context holds an image)."""
+    out: list[torch.Tensor] = []
+    for i in range(0, len(contexts), sampling.batch_size):
+        chunk = list(contexts[i : i + sampling.batch_size])
+        out += model.generate_images(chunk, num_steps=sampling.steps, timestep_shift=sampling.timestep_shift,
+                                     cfg_text_scale=sampling.cfg_text_scale, cfg_img_scale=sampling.cfg_img_scale,
+                                     seeds=[int(s) for s in seeds[i : i + sampling.batch_size]])
         if progress is not None:
-            progress(1)
+            progress(len(chunk))
     return torch.stack(out) if out else torch.zeros(0)
 
 
