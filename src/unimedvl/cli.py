@@ -259,7 +259,12 @@ def promote_cmd(
         if sum(bool(x) for x in (confirm, rollback, to)) > 1:
             raise promotion.PromoteError("give one of --confirm, --rollback, --to")
         if confirm:
-            result = promotion.confirm(p, confirm)
+            import os
+
+            # What the Argo CD PostSync Job synced (infra/overlays/staging/promote-postsync.yaml).
+            result = promotion.confirm(p, confirm, name=os.environ.get("UNIMEDVL_MODEL_NAME"),
+                                       version=os.environ.get("UNIMEDVL_MODEL_VERSION"),
+                                       storage_uri=os.environ.get("UNIMEDVL_STORAGE_URI"))
         elif rollback:
             result = promotion.rollback(p, commit_branch=commit_branch)
         elif to:

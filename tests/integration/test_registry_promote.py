@@ -219,7 +219,12 @@ def test_s3_promotion_confirm_and_review_branch(project, s3_env):
                            check=True, capture_output=True, text=True).stdout
     assert uri in shown
     assert subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True, text=True).stdout.strip() == "main"
-    confirm(load_params("params.yaml"), "staging")
+    from unimedvl.promote.promotion import PromoteError
+
+    with pytest.raises(PromoteError, match="serves .* version 99"):  # the PostSync Job synced something else
+        confirm(load_params("params.yaml"), "staging", name=project["name"], version="99")
+    assert _alias(project["name"], "staging") is None
+    confirm(load_params("params.yaml"), "staging", name=project["name"], version="1", storage_uri=uri)
     assert _alias(project["name"], "staging") == "1" and _alias(project["name"], "staging-candidate") is None
 
 

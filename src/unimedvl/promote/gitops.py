@@ -60,15 +60,35 @@ def write_patch(overlay: Path, template_overlay: Path, name: str, version: str, 
 
 
 def render_local_overlay(out: Path, template_overlay: Path, name: str, version: str, image: str, storage_uri: str) -> Path:
-    """A copy of the staging overlay under `out` whose resources point back at the real base, so
-    `kubectl kustomize out` builds what Argo CD would sync, without touching the committed overlay."""
-    kust = yaml.safe_load((template_overlay / "kustomization.yaml").read_text())
-    resources = []
-    for r in kust.get("resources", []):
-        target = (template_overlay / r).resolve()
-        resources.append(os.path.relpath(target, out.resolve()) if not str(r).startswith(("http://", "https://")) else r)
-    kust["resources"] = resources
+    """A copy of the staging overlay under `out`, so `kubectl kustomize out` builds what Argo CD would
+    sync, without touching the committed overlay: the overlay's own files are copied, the folders it
+    builds on (base, components) are referenced back where they are, and the pin is rewritten."""
+    import shutil
+
+    src, out = template_overlay.resolve(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
+
+    def rebase(entry: str) -> str:
+        if "://" in entry or Path(entry).is_absolute():
+            return entry
+        target = (src / entry).resolve()
+        if target.is_dir():
+            return os.path.relpath(target, out.resolve())
+        if target.is_file() and src in target.parents:  # kustomize loads files only from inside its root
+            dest = out / target.relative_to(src)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(target, dest)
+            return target.relative_to(src).as_posix()
+        raise OverlayError(f"{template_overlay}/kustomization.yaml names {entry!r}, which is neither a folder nor a "
+                           "file inside the overlay")
+
+    kust = yaml.safe_load((src / "kustomization.yaml").read_text())
+    for key in ("resources", "components"):
+        if key in kust:
+            kust[key] = [rebase(r) for r in kust[key]]
+    for patch in kust.get("patches", []):
+        if isinstance(patch, dict) and patch.get("path") and patch["path"] != PATCH:
+            patch["path"] = rebase(patch["path"])
     (out / "kustomization.yaml").write_text(
         "# Rendered by `unimedvl promote` in local mode (no S3 endpoint): what the staging overlay would be.\n"
         + yaml.safe_dump(kust, sort_keys=False))

@@ -203,15 +203,24 @@ def _write_decision(params: Params, decision: dict[str, Any]) -> None:
 # -- confirm, rollback, production --------------------------------------------------------------------
 
 
-def confirm(params: Params, env: str) -> dict[str, Any]:
-    """Move `staging` to the candidate (after the InferenceService became Ready)."""
+def confirm(params: Params, env: str, *, name: str | None = None, version: str | None = None,
+            storage_uri: str | None = None) -> dict[str, Any]:
+    """Move `staging` to the candidate once the InferenceService is Ready. The Argo CD PostSync Job
+    passes what it synced (UNIMEDVL_MODEL_NAME / _VERSION / _STORAGE_URI): a mismatch with the
+    candidate is refused, so staging never names a version other than the one serving."""
     if env != STAGING:
         raise PromoteError(f"--confirm takes 'staging' (got {env!r}); production moves with --to production")
-    name = params.register_.model_name
+    name = name or params.register_.model_name
     c = client(params)
     cand = _alias(c, name, CANDIDATE)
     if cand is None:
         raise PromoteError(f"no {CANDIDATE} version of {name}: promote one first")
+    if version is not None and str(version) != str(cand.version):
+        raise PromoteError(f"the synced InferenceService serves {name} version {version}, but {CANDIDATE} is "
+                           f"version {cand.version}: not confirming")
+    if storage_uri is not None and storage_uri != cand.tags.get("unimedvl.storage_uri"):
+        raise PromoteError(f"the synced storageUri {storage_uri} is not the promoted copy "
+                           f"{cand.tags.get('unimedvl.storage_uri')} of version {cand.version}: not confirming")
     previous = _alias(c, name, STAGING)
     c.set_registered_model_alias(name, STAGING, cand.version)
     c.delete_registered_model_alias(name, CANDIDATE)

@@ -1,9 +1,10 @@
 """The five tasks, in-process, on one loaded model folder.
 
 The KServe predictor, the MLflow pyfunc flavour and the serving benchmark's baseline all call
-`Engine`, so the server adds transport and nothing else. Prompts use the chat layout training used
-(`train.data.record_to_sample`): user turn with the image in place of `<image>`, then the assistant
-turn opener; an edited image enters as ViT tokens and clean latents, as interleaved training samples.
+`Engine`, so the server adds transport and nothing else. Prompts use the one layout of training and
+inference (`model.layout.chat_layout`): the user turn with the image where a record's `<image>` stands,
+then the assistant turn opener; an edited image enters as clean latents and ViT tokens, as in the
+interleaved training samples.
 """
 
 from __future__ import annotations
