@@ -10,7 +10,7 @@ from tests.serve_helpers import make_tiny_model, png_bytes
 from unimedvl.config import ServeConfig
 from unimedvl.model.unimedvl import Text, VitImage
 from unimedvl.serve.engine import Engine, split_report
-from unimedvl.serve.explain import heatmap, patch_scores
+from unimedvl.serve.explain import explain_answer, heatmap, patch_scores
 from unimedvl.serve.schemas import ServeError, finish, parse_v1
 
 
@@ -39,9 +39,11 @@ def test_vqa_context_is_the_training_layout(engine):
 
 
 def test_question_is_scrubbed_before_the_model_sees_it(engine):
-    inst = finish({"task": "vqa", "image": png_bytes(), "question": "MRN 12345678, seen 2021-03-04: nodule?"}, 0, engine.cfg)
+    inst = finish({"task": "vqa", "image": png_bytes(), "question": "Mrs Zebrafinch, MRN 12345678, seen 2021-03-04: nodule?"},
+                  0, engine.cfg)
     seen = engine.tok.decode(engine.prepare(inst).text_ids)
-    assert "12345678" not in seen and "2021-03-04" not in seen and "nodule?" in seen
+    assert "12345678" not in seen and "2021-03-04" not in seen and "Zebrafinch" not in seen and "nodule?" in seen
+    assert "[" not in seen  # values dropped, not replaced by placeholders
 
 
 def test_question_token_limit_names_field_and_instance(engine):
@@ -79,3 +81,16 @@ def test_v1_parsing_rejects_the_whole_request_naming_the_instance():
     with pytest.raises(ServeError) as e:
         parse_v1({"instances": [{"task": "generate", "prompt": "   "}]}, cfg)
     assert (e.value.status_code, e.value.field) == (422, "prompt")
+
+
+def test_library_explain_is_what_the_server_returns(engine):
+    """Evaluation's pointing game calls `explain_answer`; it must match the `explain` task."""
+    import numpy as np
+
+    inst = finish({"task": "explain", "image": png_bytes(size=(64, 64), seed=4), "question": "Is there a nodule?",
+                   "max_new_tokens": 4}, 0, engine.cfg)
+    prepared = engine.prepare(inst)
+    served = engine.run([prepared])[0]
+    answer_ids = engine.model.generate_texts([engine._context(prepared)], max_new_tokens=4)[0]
+    lib = explain_answer(engine.model, engine.tok, prepared.image, "Is there a nodule?", answer_ids, (64, 64))
+    assert np.allclose(lib, served["heatmap"], atol=1e-6) and lib.max() == pytest.approx(1.0)

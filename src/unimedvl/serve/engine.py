@@ -21,7 +21,7 @@ from ..config import IngestConfig, ServeConfig
 from ..model.layout import ImageInput, chat_layout
 from ..model.unimedvl import Segment, UniMedVL
 from . import images
-from .explain import heatmap
+from .explain import heatmap, question_context
 from .schemas import Instance, ServeError
 
 REPORT_PROMPT = "Write a radiology report for this image."
@@ -32,15 +32,11 @@ class DeadlineExceeded(Exception):
 
 
 def scrub(text: str) -> str:
-    """The ingest text scrubber with values dropped: the server keeps no pseudonym key, so what an
-    identifier was is never recoverable from what the model sees."""
-    from ..data import privacy
+    """The ingest text scrubber with values dropped (`mode="drop"`): the server keeps no pseudonym key,
+    and what an identifier was never reaches the model."""
+    from ..data.privacy import scrub_text
 
-    try:
-        cleaned = privacy.scrub_text(text, mode="drop")  # the upgraded scrubber's value-dropping mode
-    except TypeError:
-        cleaned = privacy.scrub_text(text)  # placeholders ([DATE], [ID], ...): values are dropped too
-    return cleaned[0] if isinstance(cleaned, tuple) else cleaned
+    return scrub_text(text, mode="drop")[0]
 
 
 @dataclass
@@ -126,10 +122,11 @@ class Engine:
 
     def _context(self, p: Prepared) -> list[Segment]:
         """The user turn as training builds it from "<image>\\n<text>" (`model.layout.chat_layout`)."""
+        if p.inst.task in ("vqa", "report", "explain"):
+            return question_context(self.tok, p.image, p.text_ids)
         user: list[Any] = []
-        if p.image is not None:
-            latent = p.image if p.inst.task == "edit" else None
-            user.append(ImageInput(vit=p.image, latent=latent))
+        if p.image is not None:  # edit: the image is also a clean latent condition
+            user.append(ImageInput(vit=p.image, latent=p.image))
         user.append(p.text_ids)
         return chat_layout(self.tok, user)
 

@@ -6,8 +6,8 @@ each patch pushed the model towards that answer (Simonyan et al. 2014; Shrikumar
 Attention rollout was the alternative; it would need the backbone's attention weights, which the
 fused SDPA kernel never materialises, while gradients come for free from autograd.
 
-`heatmap` is a library function: the server's `explain` task and evaluation's pointing game
-(`explain.pointing_game`) both call it.
+`explain_answer` is the library entry point: the server's `explain` task and evaluation's pointing game
+(`explain.pointing_game`) both call it, with the same prompt layout (`question_context`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..model.layout import ImageInput, chat_layout
 from ..model.unimedvl import Segment, Text, UniMedVL, VitImage, pack
 
 
@@ -48,3 +49,16 @@ def heatmap(model: UniMedVL, context: list[Segment], answer_ids: list[int], size
     if hi - lo <= 1e-12:
         return np.zeros(size, dtype=np.float32)
     return ((up - lo) / (hi - lo)).cpu().numpy().astype(np.float32)
+
+
+def question_context(tokenizer, image: torch.Tensor, question_ids: list[int]) -> list[Segment]:
+    """The understanding prompt the server uses: a record's "<image>\\n<question>" user turn."""
+    return chat_layout(tokenizer, [ImageInput(vit=image), question_ids])
+
+
+def explain_answer(model: UniMedVL, tokenizer, image: torch.Tensor, question: str, answer_ids: list[int],
+                   size: tuple[int, int] | None = None) -> np.ndarray:
+    """Heatmap [h, w] in [0, 1] over `image` ([3, r, r] in [-1, 1], as `serve.images.to_tensor` makes it)
+    of which patches drove `answer_ids` for `question`; `size` defaults to the image's own."""
+    ctx = question_context(tokenizer, image, tokenizer.encode("\n" + question))
+    return heatmap(model, ctx, answer_ids, size or tuple(image.shape[1:]), eos=tokenizer.special.eos)
