@@ -6,6 +6,7 @@ misspelt key or an out-of-range value fails in one place with a message that nam
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -437,6 +438,11 @@ class EvaluateConfig(_Strict):
     sampling: EvalSamplingConfig = EvalSamplingConfig()
 
 
+# The `register` step's section shadows the ABC `register` classmethod every pydantic model inherits
+# (never used on instances); the section keeps its step name, and only that one warning is silenced.
+warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
+
+
 class Params(_Strict):
     ingest: IngestConfig = IngestConfig()
     qc: QCConfig = QCConfig()
@@ -448,8 +454,7 @@ class Params(_Strict):
     stage3: StageConfig = StageConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
-    # `register` would shadow pydantic's BaseModel.register; the section keeps its step name as an alias.
-    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    register: RegisterConfig = RegisterConfig()  # shadows the ABC's `register` classmethod (see above)
     promote: PromoteConfig = PromoteConfig()
     storage: StorageConfig = StorageConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -468,7 +473,7 @@ def load_params(path: str | Path | None = "params.yaml") -> Params:
     raw: Any = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    known = {f.alias or name for name, f in Params.model_fields.items()}
+    known = set(Params.model_fields)
     # Sections of steps this version does not know yet are ignored so old code reads new params.
     try:
         return Params(**{k: v for k, v in raw.items() if k in known})

@@ -42,7 +42,7 @@ def test_register_and_promote_the_smoke_model(smoke_pipeline, tmp_path, monkeypa
     Path("models/stage3.metrics.json").write_text(json.dumps({"run_id": run.run_id}))
     params = p["params"].model_copy(update={
         "tracking": tracking,
-        "register_": p["params"].register_.model_copy(update={"model_dir": str(p["stage3"]), "data_dir": str(p["qc"]),
+        "register": p["params"].register.model_copy(update={"model_dir": str(p["stage3"]), "data_dir": str(p["qc"]),
                                                               "eval_metrics": str(tmp_path / "eval/metrics.json")}),
         "promote": p["params"].promote.model_copy(update={
             "overlay": str(repo / "infra/overlays/staging"), "benchmark_dir": str(p["benchmark"]),
@@ -61,7 +61,7 @@ def test_register_and_promote_the_smoke_model(smoke_pipeline, tmp_path, monkeypa
     check(kustomize_build("promote/overlay"))
     card = Path("promote/MODEL_CARD.md").read_text()
     assert "phantom" in card and "vqa.closed.accuracy" in card
-    model = mlflow.pyfunc.load_model(f"models:/{params.register_.model_name}@staging")
+    model = mlflow.pyfunc.load_model(f"models:/{params.register.model_name}@staging")
     out = model.predict(pd.DataFrame([{"task": "generate", "prompt": "chest radiograph", "steps": 2}]))
     assert out["image"][0][:4] == b"\x89PNG"
     assert os.path.exists("promote/audit.jsonl")

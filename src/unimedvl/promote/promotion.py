@@ -96,7 +96,7 @@ def incumbent_metrics(c, params: Params, incumbent, inputs: dict[str, Any]):
         from ..evaluate.run import evaluate
 
         pc = params.promote
-        needed = {"data": Path(params.register_.data_dir), "benchmark": Path(pc.benchmark_dir), "judge": Path(pc.judge_dir)}
+        needed = {"data": Path(params.register.data_dir), "benchmark": Path(pc.benchmark_dir), "judge": Path(pc.judge_dir)}
         absent = [f"{k} ({v})" for k, v in needed.items() if not v.exists()]
         if absent:
             return None, (f"incumbent version {incumbent.version} was evaluated on other inputs and cannot be "
@@ -117,7 +117,7 @@ def promote(params: Params, params_path: str | Path = "params.yaml", *, commit_b
             repo: Path | None = None) -> dict[str, Any]:
     from ..evaluate.schema import load_metrics
 
-    pc, rc = params.promote, params.register_
+    pc, rc = params.promote, params.register
     version_file = Path(rc.output)
     if not version_file.exists():
         raise PromoteError(f"{version_file} is missing: run `unimedvl register` first")
@@ -210,7 +210,7 @@ def confirm(params: Params, env: str, *, name: str | None = None, version: str |
     candidate is refused, so staging never names a version other than the one serving."""
     if env != STAGING:
         raise PromoteError(f"--confirm takes 'staging' (got {env!r}); production moves with --to production")
-    name = name or params.register_.model_name
+    name = name or params.register.model_name
     c = client(params)
     cand = _alias(c, name, CANDIDATE)
     if cand is None:
@@ -233,7 +233,7 @@ def confirm(params: Params, env: str, *, name: str | None = None, version: str |
 
 def rollback(params: Params, commit_branch: str | None = None, repo: Path | None = None) -> dict[str, Any]:
     """Restore the staging version before the current one (alias and overlay)."""
-    name = params.register_.model_name
+    name = params.register.model_name
     c = client(params)
     current = _alias(c, name, STAGING)
     if current is None:
@@ -268,7 +268,7 @@ def rollback(params: Params, commit_branch: str | None = None, repo: Path | None
 
 def to_production(params: Params) -> dict[str, Any]:
     """Set `champion` to the current staging version (an explicit operator action)."""
-    name = params.register_.model_name
+    name = params.register.model_name
     c = client(params)
     staging = _alias(c, name, STAGING)
     if staging is None:

@@ -32,7 +32,7 @@ def client(params: Params):
 
 def stage3_run_id(params: Params) -> str:
     """The MLflow run that logged the model folder: stage3's metrics file names it."""
-    path = Path(params.register_.stage_metrics)
+    path = Path(params.register.stage_metrics)
     if not path.exists():
         raise RegisterError(f"{path} is missing: run stage3 first (`unimedvl train --stage stage3`) or pass --run-id")
     run_id = json.loads(path.read_text()).get("run_id")
@@ -48,7 +48,7 @@ def register(params: Params, params_path: str | Path = "params.yaml", run_id: st
 
     from ..evaluate.schema import load_metrics
 
-    rc = params.register_
+    rc = params.register
     model_dir = Path(rc.model_dir)
     if not (model_dir / "ema.safetensors").exists():
         raise RegisterError(f"{model_dir} is not a model folder (no ema.safetensors)")
