@@ -44,7 +44,8 @@ class Prepared:
     """An instance with its image decoded and its text scrubbed and tokenised (cheap; on the loop)."""
 
     inst: Instance
-    image: torch.Tensor | None = None  # [3, r, r] in [-1, 1]
+    image: torch.Tensor | None = None  # [3, r, r] in [-1, 1] at the ViT resolution
+    latent_image: torch.Tensor | None = None  # edit: the same image at the generation resolution
     image_hw: tuple[int, int] | None = None  # the input's size, for the heatmap
     text_ids: list[int] = field(default_factory=list)
 
@@ -116,6 +117,9 @@ class Engine:
             arr = images.decode(inst.image, inst.index, self.ingest, self.model.cfg.vit.patch_size)
             p.image_hw = (int(arr.shape[0]), int(arr.shape[1]))
             p.image = images.to_tensor(arr, self.resolution)
+            if inst.task == "edit":
+                size = self.model.cfg.image_size
+                p.latent_image = p.image if size == self.resolution else images.to_tensor(arr, size)
         return p
 
     # -- the tasks ---------------------------------------------------------------------------------
@@ -126,7 +130,7 @@ class Engine:
             return question_context(self.tok, p.image, p.text_ids)
         user: list[Any] = []
         if p.image is not None:  # edit: the image is also a clean latent condition
-            user.append(ImageInput(vit=p.image, latent=p.image))
+            user.append(ImageInput(vit=p.image, latent=p.latent_image))
         user.append(p.text_ids)
         return chat_layout(self.tok, user)
 

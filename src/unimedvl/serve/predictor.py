@@ -65,7 +65,9 @@ class UniMedVLPredictor(Model):
         start = time.monotonic()
         code = 200
         try:
-            prepared = [self.engine.prepare(i) for i in instances]
+            # Decoding images (a large DICOM takes a while) runs in the default pool, not on the loop.
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(None, lambda: [self.engine.prepare(i) for i in instances])
             results = await self._submit(prepared, start)
             return self._v2(request, results) if protocol == "v2" else {"predictions": [_v1(r) for r in results]}
         except ServeError as e:
