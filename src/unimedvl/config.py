@@ -293,6 +293,22 @@ class ServeConfig(_Strict):
     queue_length: int = Field(16, ge=1, description="requests waiting or running; one more gets 429")
     torch_threads: int = Field(0, ge=0, description="0: torch's default")
     ignore_eos: bool = False  # decode exactly max_new_tokens (fixed-length decoding for benchmarks)
+    device: str = "auto"  # auto: cuda when available (the GPU serving component), else cpu
+    dtype: str = "fp32"  # fp32 | bf16 (weights and activations; bf16 only on cuda)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in ("fp32", "bf16"):
+            raise ValueError("dtype must be fp32 or bf16")
+        return v
 
 
 class StorageBucketsConfig(_Strict):

@@ -118,6 +118,9 @@ def promote(params: Params, params_path: str | Path = "params.yaml", *, commit_b
     from ..evaluate.schema import load_metrics
 
     pc, rc = params.promote, params.register
+    if commit_branch and not s3_configured():
+        raise PromoteError("--commit-branch commits the staging overlay, which only S3 mode rewrites; set "
+                           "AWS_ENDPOINT_URL (or MLFLOW_S3_ENDPOINT_URL) and AWS_* credentials, or drop --commit-branch")
     version_file = Path(rc.output)
     if not version_file.exists():
         raise PromoteError(f"{version_file} is missing: run `unimedvl register` first")

@@ -85,7 +85,9 @@ class Engine:
         images.ingest_images.set_max_pixels(self.cfg.max_pixels)
         if self.cfg.torch_threads:
             torch.set_num_threads(self.cfg.torch_threads)
-        self.model, report = load_model(self.folder)
+        self.device = _device(self.cfg.device)
+        dtype = torch.bfloat16 if self.cfg.dtype == "bf16" and self.device.type == "cuda" else torch.float32
+        self.model, report = load_model(self.folder, device=self.device, dtype=dtype)
         if report.missing or report.mismatched:
             raise ValueError(f"{self.folder}: weights do not match the config (missing {report.missing[:3]}, "
                              f"mismatched {report.mismatched[:3]})")
@@ -184,6 +186,14 @@ class Engine:
         d = getattr(self._deadline, "value", None)
         if d is not None and time.monotonic() > d:
             raise DeadlineExceeded()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"serve.device is {name} but this torch build sees no CUDA device")
+    return torch.device(name)
 
 
 def split_report(text: str) -> dict[str, str]:
