@@ -196,7 +196,7 @@ def _joined(cat: str) -> str:
     return "|".join(f"(?:{p})" for c, p in _ALTERNATIVES if c == cat)
 
 
-_NO_DIGIT_NEEDED = {"email", "url", "institution", "name_title", "name_degree", "name_initial", "name_cue"}
+_NO_DIGIT_NEEDED = {"email", "url", "address", "institution", "name_title", "name_degree", "name_initial", "name_cue"}
 _ORDER = list(dict.fromkeys(c for c, _ in _ALTERNATIVES))
 _EACH = [(cat, cat not in _NO_DIGIT_NEEDED, linear(_joined(cat), capture=False)) for cat in _ORDER]
 _DIGIT = linear(r"\d")

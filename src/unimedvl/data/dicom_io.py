@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
 import stat
 import struct
 import threading
@@ -31,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from ..config import IngestConfig
-from . import images
+from . import images, vocab
+from .patterns import BoundedPattern, bounded, linear
 from .privacy import DicomScrub, Keyed, scrub_text
 from .schema import Rejected
 
@@ -440,18 +440,20 @@ def _safe_token(v: Any, *, upper: bool = False) -> str:
         return ""
     if not isinstance(v, str) and hasattr(v, "__len__"):
         v = v[0] if len(v) else ""
-    text = re.sub(r"[^A-Za-z0-9 ]+", " ", str(v).replace("_", " ")).strip()
-    text = re.sub(r"\s+", " ", text)[:32]
+    text = _NOT_TOKEN.sub(" ", str(v)[:256].replace("_", " ")).strip()
+    text = " ".join(text.split())[:32]
     if not text:
         return ""
     _, touched = scrub_text(text)
-    if touched or re.search(r"\d{4,}", text):
+    if touched or _DIGITS4.search(text):
         return ""
     return text.upper() if upper else text.lower()
 
 
 def _body_part(ds: Any) -> str | None:
-    return _safe_token(ds.get("BodyPartExamined")) or None
+    """BodyPartExamined mapped onto DICOM's defined terms (vocab.BODY_PARTS); free text ("SMITH",
+    "Chest for Dr X") is left out, never copied into a caption or an answer."""
+    return vocab.body_part(ds.get("BodyPartExamined"))
 
 
 def _laterality(ds: Any) -> str | None:
@@ -501,15 +503,19 @@ def _pixel_spacing(ds: Any) -> list[float] | None:
 # --- MR sequence (read BEFORE scrubbing: descriptions are free text the scrub removes) --------------
 
 _CONTRAST = {"T1": "T1", "T2": "T2", "PROTON_DENSITY": "PD", "FLAIR": "FLAIR", "DIFFUSION": "DWI", "T2_STAR": "T2*"}
-_SEQUENCE_RULES: list[tuple[str, re.Pattern[str]]] = [
-    ("FLAIR", re.compile(r"FLAIR|DARK ?FLUID")),
-    ("ADC", re.compile(r"(?<![A-Z0-9])ADC(?![A-Z0-9])|APPARENT DIFF")),
-    ("DWI", re.compile(r"(?<![A-Z0-9])DWI|DIFFUSION|(?<![A-Z0-9])DIFF(?![A-Z])|(?<![A-Z0-9])TRACE(?![A-Z])|EP2D DIFF")),
-    ("SWI", re.compile(r"(?<![A-Z0-9])SWI(?![A-Z0-9])|(?<![A-Z0-9])SWAN(?![A-Z0-9])|SUSCEPTIBILITY")),
-    ("T2*", re.compile(r"T2 ?\*|T2 ?STAR")),
-    ("T1", re.compile(r"(?<![A-Z0-9])T1(?![0-9])|MPRAGE|MP RAGE|(?<![A-Z0-9])SPGR(?![A-Z0-9])|(?<![A-Z0-9])BRAVO(?![A-Z0-9])|T1W")),
-    ("T2", re.compile(r"(?<![A-Z0-9])T2(?![0-9])|T2W")),
-    ("PD", re.compile(r"(?<![A-Z0-9])PD(?![A-Z0-9])|PROTON DENSITY")),
+# Look-around needs Python's `re`: these see at most 4 descriptions of <= 128 characters each.
+_NOT_TOKEN = linear(r"[^A-Za-z0-9 ]+")
+_DIGITS4 = linear(r"\d{4,}")
+_SEPARATORS = linear(r"[_\-/]+")
+_SEQUENCE_RULES: list[tuple[str, BoundedPattern]] = [
+    ("FLAIR", bounded(r"FLAIR|DARK ?FLUID", 600)),
+    ("ADC", bounded(r"(?<![A-Z0-9])ADC(?![A-Z0-9])|APPARENT DIFF", 600)),
+    ("DWI", bounded(r"(?<![A-Z0-9])DWI|DIFFUSION|(?<![A-Z0-9])DIFF(?![A-Z])|(?<![A-Z0-9])TRACE(?![A-Z])|EP2D DIFF", 600)),
+    ("SWI", bounded(r"(?<![A-Z0-9])SWI(?![A-Z0-9])|(?<![A-Z0-9])SWAN(?![A-Z0-9])|SUSCEPTIBILITY", 600)),
+    ("T2*", bounded(r"T2 ?\*|T2 ?STAR", 600)),
+    ("T1", bounded(r"(?<![A-Z0-9])T1(?![0-9])|MPRAGE|MP RAGE|(?<![A-Z0-9])SPGR(?![A-Z0-9])|(?<![A-Z0-9])BRAVO(?![A-Z0-9])|T1W", 600)),
+    ("T2", bounded(r"(?<![A-Z0-9])T2(?![0-9])|T2W", 600)),
+    ("PD", bounded(r"(?<![A-Z0-9])PD(?![A-Z0-9])|PROTON DENSITY", 600)),
 ]
 
 
@@ -522,7 +528,7 @@ def _guess_sequence(ds: Any) -> str | None:
     for kw in ("SeriesDescription", "ProtocolName", "SequenceName", "PulseSequenceName"):
         v = ds.get(kw)
         if v:
-            texts.append(re.sub(r"[_\-/]+", " ", str(v).upper()))
+            texts.append(_SEPARATORS.sub(" ", str(v)[:128].upper()))
     joined = " | ".join(texts)
     for token, pattern in _SEQUENCE_RULES:
         if pattern.search(joined):

@@ -154,7 +154,7 @@ def _scrub_path_cached(rel_path: str, extra_identifiers: tuple[str, ...], keyed:
         m = _EXTENSION.fullmatch(piece)
         stem, ext = (m.group(1), m.group(2)) if m else (piece, "")
         words = stem.replace("_", " ").replace("^", " ").replace("-", " ").replace(".", " ")
-        spans = deid.detect(words) or deid.detect(stem)
+        spans = deid.detect(stem) or deid.detect(words)
         hits = {f"path:{s.category}" for s in spans}
         if _ID_RUN.search(stem):
             hits.add("path:id")

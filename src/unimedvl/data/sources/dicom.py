@@ -16,12 +16,12 @@ file for whoever holds the key and the input folder.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from .. import images
 from ..dicom_io import DicomImage, read_dicom
+from ..patterns import bounded
 from ..privacy import Keyed
 from ..schema import IMAGE_TOKEN, Rejected
 from .base import Context, Item
@@ -88,6 +88,7 @@ def count(root: Path | None, ctx: Context) -> int:
 
 # --- path pseudonyms ----------------------------------------------------------------------------------
 
+_EXT = bounded(r"(.+?)(\.[A-Za-z][A-Za-z0-9]{0,4})", 4096)
 _LETTERS = str.maketrans("0123456789abcdef", "ghijklmnopqrstuv")
 
 
@@ -103,7 +104,7 @@ def pseudo_path(keyed: Keyed, rel: str) -> str:
         return "f-" + keyed.token("dicom-path", "", length=12).translate(_LETTERS)
     out = [_component_token(keyed, p, "d") for p in parts[:-1]]
     name = parts[-1]
-    m = re.fullmatch(r"(.+?)(\.[A-Za-z][A-Za-z0-9]{0,4})", name)
+    m = _EXT.fullmatch(name)
     stem, ext = (m.group(1), m.group(2).lower()) if m else (name, "")
     out.append(_component_token(keyed, stem, "f") + ext)
     return "/".join(out)
