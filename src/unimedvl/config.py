@@ -7,7 +7,7 @@ misspelt key or an out-of-range value fails in one place with a message that nam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -85,6 +85,8 @@ class IngestConfig(_Strict):
     max_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb cap: pixels per image")
     keep_16bit: bool = True  # keep 12-16-bit sources as 16-bit PNG
     allow_burned_in: bool = False  # ingest DICOMs flagged BurnedInAnnotation=YES
+    # PS3.15 E.3 Retain options the DICOM scrub applies (data/dicom_profile.py); none by default
+    dicom_retain: tuple[Literal["longitudinal_modified_dates", "patient_characteristics", "device_identity"], ...] = ()
     mixture_languages: tuple[str, ...] = ("en",)  # languages the default training mixture takes
     shard_max_mb: int = Field(256, gt=0)
     packaged: PackagedConfig = PackagedConfig()

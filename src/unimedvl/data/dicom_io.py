@@ -32,7 +32,8 @@ import numpy as np
 from ..config import IngestConfig
 from . import images, vocab
 from .patterns import BoundedPattern, bounded, linear
-from .privacy import DicomScrub, Keyed, scrub_text
+from .dicom_profile import DicomScrub
+from .privacy import Keyed, scrub_text
 from .schema import Rejected
 
 # DICOM Modality (0008,0060) -> schema modality. Everything else (OT, SC photographs, SEG, RTDOSE,
@@ -172,7 +173,7 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
         patient = _first_text(ds, "PatientID", "StudyInstanceUID", "SOPInstanceUID") or "unknown"
         sop_uid = _first_text(ds, "SOPInstanceUID") or _first_text(getattr(ds, "file_meta", None) or {}, "MediaStorageSOPInstanceUID")
         sequence = _guess_sequence(ds) if str(ds.get("Modality", "")).strip().upper() == "MR" else None
-        phi_removed = DicomScrub(keyed)(ds, patient)
+        phi_removed = DicomScrub(keyed, tuple(cfg.dicom_retain))(ds, patient)
     except Rejected:
         raise
     except Exception as e:  # noqa: BLE001
