@@ -193,6 +193,15 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
             f"{rows}x{cols} x {len(indices)} frame(s) = {rows * cols * len(indices):,} pixels, "
             f"over the cap of {images.MAX_PIXELS:,}",
         )
+    samples = max(1, _int(ds.get("SamplesPerPixel"), 1))
+    bytes_per_sample = max(1, (_int(ds.get("BitsAllocated"), 8) + 7) // 8)
+    decoded = rows * cols * samples * bytes_per_sample  # one frame: frames are decoded one at a time
+    if decoded > cfg.max_decoded_bytes:
+        raise Rejected(
+            "oversized",
+            f"one {rows}x{cols} frame decodes to {decoded:,} bytes ({samples} sample(s) of {bytes_per_sample} byte(s)), "
+            f"over ingest.max_decoded_bytes = {cfg.max_decoded_bytes:,}",
+        )
     tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if not tsuid:
         raise Rejected("unsupported_transfer_syntax", "the file meta information names no Transfer Syntax UID")
@@ -204,6 +213,10 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
     frames: list[np.ndarray] = []
     for idx in indices:
         arr, info = _decode(decoder, ds, idx, ts_name)
+        # Shrink by an integer stride before any float work (LUTs, windowing): a 7900^2 frame would
+        # otherwise become several 500 MB float64 copies. Rescale and windowing are per-pixel, so
+        # they commute with subsampling; the final bilinear resize keeps the image quality.
+        arr = images.prereduce(arr, cfg.max_side)
         try:
             out = _display(arr, info, ds, idx, keep16, bits_stored)
         except Exception as e:  # noqa: BLE001 - a palette without its LUT, a text RescaleSlope, a short LUT
