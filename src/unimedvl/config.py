@@ -86,6 +86,7 @@ class IngestConfig(_Strict):
     max_decoded_bytes: int = Field(256 << 20, gt=0, description="cap on one decoded image / DICOM frame, bytes")
     keep_16bit: bool = True  # keep 12-16-bit sources as 16-bit PNG
     allow_burned_in: bool = False  # ingest DICOMs flagged BurnedInAnnotation=YES
+    allow_secondary_capture: bool = False  # ingest Secondary Capture DICOMs (screenshots, photos) as modality "other"
     # PS3.15 E.3 Retain options the DICOM scrub applies (data/dicom_profile.py); none by default
     dicom_retain: tuple[Literal["longitudinal_modified_dates", "patient_characteristics", "device_identity"], ...] = ()
     mixture_languages: tuple[str, ...] = ("en",)  # languages the default training mixture takes

@@ -64,7 +64,6 @@ DECODES = [
     ("MR_small.dcm", "mri", "Explicit VR Little Endian", 1, False),
     ("MR_small_jp2klossless.dcm", "mri", "JPEG 2000 Image Compression (Lossless Only)", 1, False),
     ("MR_small_RLE.dcm", "mri", "RLE Lossless", 1, False),
-    ("JPEG2000.dcm", "nuclear", "JPEG 2000", 1, False),
     ("emri_small_jpeg_ls_lossless.dcm", "mri", "JPEG-LS Lossless", 8, False),  # 10 frames -> 8
     ("JPGLosslessP14SV1_1s_1f_8b.dcm", "ultrasound", "JPEG Lossless", 1, False),
     ("examples_ybr_color.dcm", "ultrasound", "JPEG Baseline", 8, True),  # 30-frame YBR_FULL_422 cine
@@ -119,6 +118,15 @@ def test_secondary_capture_photo_is_not_allowed():
     with pytest.raises(Rejected) as e:
         read_dicom(data_file("SC_rgb_jpeg_dcmtk.dcm"), Keyed(KEY), IngestConfig())
     assert e.value.reason == "modality_not_allowed" and "OT" in e.value.detail
+
+
+def test_secondary_capture_is_secondary_capture_whatever_its_modality():
+    # JPEG2000.dcm is a Secondary Capture whose Modality says NM: not an NM acquisition
+    with pytest.raises(Rejected) as e:
+        read_dicom(data_file("JPEG2000.dcm"), Keyed(KEY), IngestConfig())
+    assert e.value.reason == "modality_not_allowed" and "Secondary Capture" in e.value.detail
+    img = read_dicom(data_file("JPEG2000.dcm"), Keyed(KEY), IngestConfig(allow_secondary_capture=True))
+    assert img.modality == "other" and img.frames and "JPEG 2000" in img.transfer_syntax
 
 
 def test_transfer_syntax_variants_dedupe(tmp_path):

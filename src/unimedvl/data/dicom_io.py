@@ -62,6 +62,7 @@ _DECODER_HINT = (
     "JPEG 2000, pylibjpeg-rle for RLE) or python-gdcm"
 )
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its .1-.4 multi-frame variants
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _UNDEFINED = 0xFFFFFFFF
 
@@ -143,24 +144,37 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
         raise Rejected("unreadable", f"the file could not be read: {e.strerror or type(e).__name__}") from None
     except Exception as e:  # noqa: BLE001 - a malformed header must quarantine, never crash the run
         raise Rejected("unreadable", f"the DICOM header could not be parsed ({type(e).__name__})") from None
-    if _is_truncated(ds, size, caught):
+    # Element offsets of a Deflated file point into the inflated stream, not the file: only
+    # pydicom's own end-of-data warnings tell truncation there.
+    deflated = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == _DEFLATED
+    if _is_truncated(ds, None if deflated else size, caught):
         raise Rejected("truncated_image", "the DICOM file ends before its data does (it was cut short)")
 
     # --- clinical allow-list and burned-in text --------------------------------------------------
     # Checked first: Modality, SOP class and BurnedInAnnotation identify no one, and a file rejected
     # here (photographs, RT dose, segmentations) is not worth scrubbing.
     dicom_modality = str(ds.get("Modality", "") or "").strip().upper()
-    sop_class = str(ds.get("SOPClassUID", "") or "")
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    if sop_class == _SECONDARY_CAPTURE or sop_class.startswith(_SECONDARY_CAPTURE + "."):
+        # A Secondary Capture is a screenshot, photograph or scanned film whatever its Modality says
+        # ("CT" on a screenshot of a CT viewer): it is not that acquisition.
+        if not cfg.allow_secondary_capture:
+            raise Rejected(
+                "modality_not_allowed",
+                f"a Secondary Capture object (SOP class {sop_class}, Modality {_safe_token(dicom_modality, upper=True) or '?'}) "
+                "is a screenshot or photograph, not an acquisition (set ingest.allow_secondary_capture to take them)",
+            )
+        dicom_modality = "OT"
     if not dicom_modality:
         raise Rejected("modality_not_allowed", "the DICOM names no Modality (0008,0060), so it is not known to be clinical imaging")
-    if dicom_modality not in ALLOWED_DICOM_MODALITIES:
+    if dicom_modality not in ALLOWED_DICOM_MODALITIES and not (dicom_modality == "OT" and cfg.allow_secondary_capture):
         what = " (a Secondary Capture: a photograph or screenshot, not an acquisition)" if sop_class.startswith(_SECONDARY_CAPTURE) else ""
         raise Rejected(
             "modality_not_allowed",
             f"modality {_safe_token(dicom_modality, upper=True) or '?'}{what} is not on the clinical allow-list "
             f"({', '.join(sorted(ALLOWED_DICOM_MODALITIES))})",
         )
-    modality = ALLOWED_DICOM_MODALITIES[dicom_modality]
+    modality = ALLOWED_DICOM_MODALITIES.get(dicom_modality, "other")
     if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES" and not cfg.allow_burned_in:
         raise Rejected(
             "burned_in_annotation",
@@ -268,10 +282,12 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
 # --- reading checks ---------------------------------------------------------------------------------
 
 
-def _is_truncated(ds: Any, size: int, caught: list) -> bool:
+def _is_truncated(ds: Any, size: int | None, caught: list) -> bool:
     """pydicom reads a cut-short file without complaint; find the element that runs past the end."""
     if any("End of file reached" in str(w.message) or "before delimiter" in str(w.message) for w in caught):
         return True
+    if size is None:
+        return False
     end = 0
     for d in (getattr(ds, "file_meta", None), ds):
         if d is None:

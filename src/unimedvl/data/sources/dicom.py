@@ -38,7 +38,7 @@ _SKIP_NAMES = {"dicomdir"}
 MODALITY_NAME = {
     "CT": "CT", "MR": "MRI", "CR": "X-ray", "DX": "X-ray", "RG": "X-ray", "MG": "mammography",
     "US": "ultrasound", "NM": "nuclear medicine", "PT": "PET", "XA": "angiography", "RF": "fluoroscopy",
-    "OP": "fundus photography", "OPT": "OCT", "SM": "histology", "ES": "endoscopy",
+    "OP": "fundus photography", "OPT": "OCT", "SM": "histology", "ES": "endoscopy", "OT": "secondary capture",
 }
 # schema modality -> the yes/no question about it.
 IS_QUESTION = {
@@ -207,6 +207,7 @@ def caption(d: DicomImage) -> str:
         kind = {
             "ct": "CT", "ultrasound": "ultrasound", "angiography": "fluoroscopy" if dm == "RF" else "X-ray angiography",
             "fundus": "fundus photograph", "oct": "OCT", "histology": "histology", "endoscopy": "endoscopy",
+            "other": "secondary capture",
         }[mod]
     if mod in ("ct", "mri", "nuclear") and d.plane:
         head = f"{d.plane} {kind} slice"
@@ -242,6 +243,9 @@ def questions(d: DicomImage, frame: int, keyed: Keyed) -> list[tuple[str, str, s
         out.append(("vqa_open", "view", "Which view is this radiograph?", d.view))
     if d.modality == "mri" and d.sequence in SEQUENCE_NAME:
         out.append(("vqa_open", "sequence", "Which MRI sequence is this?", SEQUENCE_NAME[d.sequence]))
+    result = [(*q, {}) for q in out]
+    if d.modality not in IS_QUESTION:  # a secondary capture: no yes/no modality question fits it
+        return result
     out.append(("vqa_closed", "modality_yes", IS_QUESTION[d.modality], "yes"))
     others = sorted(m for m in IS_QUESTION if m != d.modality)
     other = others[int(keyed.fraction("dicom-closed", d.image_key, str(frame)) * len(others))]
