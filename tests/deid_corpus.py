@@ -150,6 +150,8 @@ TEMPLATES = [
     "{s} Mailing address: {address}.",
     "{s} The {age} patient was seen on {date}.",
     "{s} Verified by {name}.",
+    "{s} Outside report: {url}",
+    "{s} Patient portal {url} has the prior.",
 ]
 
 CLEAN = [

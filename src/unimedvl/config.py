@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -84,8 +84,12 @@ class IngestConfig(_Strict):
     split_fractions: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
     max_side: int = Field(512, ge=0, description="downscale so the longer side is at most this (0 keeps full size)")
     max_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb cap: pixels per image")
+    max_decoded_bytes: int = Field(256 << 20, gt=0, description="cap on one decoded image / DICOM frame, bytes")
     keep_16bit: bool = True  # keep 12-16-bit sources as 16-bit PNG
     allow_burned_in: bool = False  # ingest DICOMs flagged BurnedInAnnotation=YES
+    allow_secondary_capture: bool = False  # ingest Secondary Capture DICOMs (screenshots, photos) as modality "other"
+    # PS3.15 E.3 Retain options the DICOM scrub applies (data/dicom_profile.py); none by default
+    dicom_retain: tuple[Literal["longitudinal_modified_dates", "patient_characteristics", "device_identity"], ...] = ()
     mixture_languages: tuple[str, ...] = ("en",)  # languages the default training mixture takes
     shard_max_mb: int = Field(256, gt=0)
     packaged: PackagedConfig = PackagedConfig()

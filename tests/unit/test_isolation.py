@@ -12,6 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from rich.console import Console
@@ -251,3 +252,54 @@ def test_fifo_where_an_image_should_be_does_not_hang(tmp_path):
         signal.signal(signal.SIGALRM, old)
     assert [q.reason for q in quarantined if q.item.startswith("test.json#1")] == ["not_a_regular_file"]
     assert [q.reason for q in dq] == ["not_a_regular_file"]
+
+
+# --- decoding that used to give wrong answers --------------------------------------------------------
+
+
+def test_deflated_explicit_vr_is_read_not_called_truncated(tmp_path):
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    root = tmp_path / "in"
+    root.mkdir()
+    ds.save_as(root / "deflated.dcm", enforce_file_format=True)
+    assert (root / "deflated.dcm").stat().st_size < len(ds.PixelData)  # really deflated
+    records, quarantined = run("dicom", root)
+    assert quarantined == [] and records and {r.modality for r in records} == {"ct"}
+
+
+def test_secondary_capture_is_not_taken_for_its_modality(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+    root = tmp_path / "in"
+    root.mkdir()
+    ds.save_as(root / "sc.dcm", enforce_file_format=True)
+    records, quarantined = run("dicom", root)
+    assert records == [] and [q.reason for q in quarantined] == ["modality_not_allowed"]
+    assert "Secondary Capture" in quarantined[0].detail
+    ctx = Context(source="dicom", keyed=Keyed(KEY), cfg=IngestConfig(allow_secondary_capture=True))
+    admitted = [i for i in get_source("dicom").read(root, ctx) if isinstance(i, Record)]
+    assert admitted and {r.modality for r in admitted} == {"other"}
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image as PILImage
+
+    root = tmp_path / "imagefolder"
+    root.mkdir()
+    im = PILImage.new("RGB", (40, 20), (200, 0, 0))
+    im.paste((0, 0, 200), (0, 0, 10, 20))  # blue band on the left of the stored pixels
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    im.save(root / "photo.jpg", format="JPEG", exif=exif, quality=95)
+    (root / "metadata.csv").write_text("image,text\nphoto.jpg,A photograph.\n")
+    records, _ = run("imagefolder", root)
+    img = records[0].input_img[0]
+    assert (img.height, img.width) == (40, 20)  # stored upright, as a viewer shows it
+    arr = np.asarray(PILImage.open(io.BytesIO(img.png)).convert("RGB"))
+    assert arr[:5, :, 2].mean() > 150 and arr[-5:, :, 0].mean() > 150  # the left band is now on top

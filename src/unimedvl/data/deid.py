@@ -159,7 +159,7 @@ _ALTERNATIVES: list[tuple[str, str]] = [
     ("id", r"(?:\b|_)[A-Za-z]{0,4}-?\d{6,}[A-Za-z]?(?:\b|_)|\b\d{9,}\b"),
     ("address", rf"\b\d+[A-Za-z]?,?[ \t]+(?:[NSEW]\.?[ \t]+)?(?:\p{{Lu}}[\p{{L}}'.-]*[ \t]+)+{_STREET_TYPES}s?\b\.?{_UNIT}"),
     ("address", r"\b(?:Flat|Apt|Apartment|Suite|Unit|Studio)\.?[ \t]+\d+[A-Za-z]?[ \t,]*\n?[ \t]*\p{Lu}[\p{L}'.-]*(?:[ \t]+\p{Lu}[\p{L}'.-]*)*"),
-    ("address", r"\b\p{Lu}[\p{L}-]*(?i:straße|strasse|str\.|weg|gasse|platz|allee|ring|damm|ufer|chaussee|steig|pfad|hof|berg|garten|markt)"
+    ("address", r"\b(?:\p{Lu}[\p{L}-]*[ \t]+)?\p{Lu}[\p{L}-]*(?i:straße|strasse|str\.|weg|gasse|platz|allee|ring|damm|ufer|chaussee|steig|pfad|hof|berg|garten|markt)"
                 r"[ \t]+\d+[a-z]?(?:[-/]\d+[a-z]?)?\b" + _UNIT),
     ("address", r"\b(?:rue|avenue|boulevard|chemin|allée|impasse|quai|place|route|cours)[ \t]+(?:(?:de la|de l'|du|des|de|d')[ \t]?)?\p{Lu}[\p{L}'’-]*(?:[ \t]\p{Lu}[\p{L}'’-]*)*"),
     ("address", r"\b\d+(?:[ \t]?(?:bis|ter))?,?[ \t]+(?i:rue|avenue|av\.|boulevard|bd|chemin|allée|place|impasse|quai|route|cours|"
@@ -196,7 +196,7 @@ def _joined(cat: str) -> str:
     return "|".join(f"(?:{p})" for c, p in _ALTERNATIVES if c == cat)
 
 
-_NO_DIGIT_NEEDED = {"email", "url", "institution", "name_title", "name_degree", "name_initial", "name_cue"}
+_NO_DIGIT_NEEDED = {"email", "url", "address", "institution", "name_title", "name_degree", "name_initial", "name_cue"}
 _ORDER = list(dict.fromkeys(c for c, _ in _ALTERNATIVES))
 _EACH = [(cat, cat not in _NO_DIGIT_NEEDED, linear(_joined(cat), capture=False)) for cat in _ORDER]
 _DIGIT = linear(r"\d")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageFile, UnidentifiedImageError
+from PIL import ImageFile, ImageOps, UnidentifiedImageError
 
 from .schema import Image, Rejected
 
@@ -23,10 +23,16 @@ from .schema import Image, Rejected
 MAX_PIXELS = 64_000_000
 
 
-def set_max_pixels(n: int) -> None:
-    global MAX_PIXELS
+# Decoded-size cap (bytes of one decoded image or DICOM frame); overridden from params.
+MAX_DECODED_BYTES = 256 << 20
+
+
+def set_max_pixels(n: int, max_decoded_bytes: int | None = None) -> None:
+    global MAX_PIXELS, MAX_DECODED_BYTES
     MAX_PIXELS = int(n)
     PILImage.MAX_IMAGE_PIXELS = int(n)
+    if max_decoded_bytes is not None:
+        MAX_DECODED_BYTES = int(max_decoded_bytes)
 
 
 def safe_path(root: Path, rel: str, *, regular: bool = True) -> Path:
@@ -89,8 +95,22 @@ def read_bytes(path: Path) -> bytes:
     return data
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """Decode an ordinary image file (PNG, JPEG, TIFF, BMP, ...) to uint8/uint16 grey or RGB."""
+def prereduce(arr: np.ndarray, max_side: int) -> np.ndarray:
+    """`arr` subsampled by the integer stride that keeps its longer side >= 2 * max_side (a copy
+    only when it shrinks): cheap, and it bounds the memory of every later step."""
+    h, w = arr.shape[:2]
+    if not max_side or max(h, w) < 4 * max_side:
+        return arr
+    k = max(h, w) // (2 * max_side)
+    return np.ascontiguousarray(arr[::k, ::k])
+
+
+def decode_image(data: bytes, name: str = "image", max_side: int = 0) -> np.ndarray:
+    """Decode an ordinary image file (PNG, JPEG, TIFF, BMP, ...) to uint8/uint16 grey or RGB.
+
+    EXIF orientation is applied (a phone photo stored on its side is stored upright). With
+    `max_side`, a large image is reduced by PIL's box filter right after decoding, before the array
+    conversions, so a 7900^2 RGB PNG never exists as several full-size numpy copies."""
     if not data:
         raise Rejected("empty_file", f"{name} is zero bytes long")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -101,7 +121,20 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
                 w, h = im.size
                 if w * h > MAX_PIXELS:
                     raise Rejected("image_too_large", f"{name} is {w}x{h} = {w * h:,} pixels, over the cap of {MAX_PIXELS:,}")
+                decoded = w * h * len(im.getbands()) * (2 if im.mode.startswith("I;16") else 4 if im.mode in ("I", "F") else 1)
+                if decoded > MAX_DECODED_BYTES:
+                    raise Rejected("oversized", f"{name} decodes to {decoded:,} bytes, over ingest.max_decoded_bytes = "
+                                   f"{MAX_DECODED_BYTES:,}")
+                if max_side and max(w, h) >= 4 * max_side and hasattr(im, "draft"):
+                    im.draft(im.mode, (w // 2, h // 2))  # JPEG: decode at a reduced scale directly
                 im.load()
+                im = ImageOps.exif_transpose(im) or im
+                w, h = im.size
+                if max_side and max(w, h) >= 4 * max_side:
+                    try:
+                        im = im.reduce(max(w, h) // (2 * max_side))
+                    except ValueError:  # modes reduce() does not take (palette, 1-bit): full size
+                        pass
                 arr = _to_array(im)
     except Rejected:
         raise
@@ -212,5 +245,5 @@ def resize_max_side(arr: np.ndarray, max_side: int) -> np.ndarray:
 def load_image_file(root: Path, rel: str, max_side: int = 0) -> Image:
     """Safe path + read + decode + optional downscale + PNG: the common path of every adapter."""
     path = safe_path(root, rel)
-    arr = decode_image(read_bytes(path), name=rel)
+    arr = decode_image(read_bytes(path), name=rel, max_side=max_side)
     return encode_png(resize_max_side(arr, max_side), path=rel)

@@ -7,14 +7,13 @@ are short sequential numbers), so there is deliberately no fallback constant.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import hmac
 import os
 import secrets
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +153,7 @@ def _scrub_path_cached(rel_path: str, extra_identifiers: tuple[str, ...], keyed:
         m = _EXTENSION.fullmatch(piece)
         stem, ext = (m.group(1), m.group(2)) if m else (piece, "")
         words = stem.replace("_", " ").replace("^", " ").replace("-", " ").replace(".", " ")
-        spans = deid.detect(words) or deid.detect(stem)
+        spans = deid.detect(stem) or deid.detect(words)
         hits = {f"path:{s.category}" for s in spans}
         if _ID_RUN.search(stem):
             hits.add("path:id")
@@ -166,93 +165,3 @@ def _scrub_path_cached(rel_path: str, extra_identifiers: tuple[str, ...], keyed:
         else:
             out.append(piece)
     return "".join(out), tuple(sorted(touched))
-
-
-# --- DICOM headers (PS3.15 Annex E, Basic Application Level Confidentiality Profile) ------------
-
-# Attributes the basic profile removes or empties (keywords). Kept as a list here, not scattered,
-# so a reviewer can hold it against the standard's table E.1-1.
-DICOM_REMOVE = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientAddress",
-    "PatientTelephoneNumbers", "PatientMotherBirthName", "OtherPatientIDs", "OtherPatientNames",
-    "OtherPatientIDsSequence", "PatientBirthName", "MilitaryRank", "BranchOfService",
-    "MedicalRecordLocator", "EthnicGroup", "Occupation", "AdditionalPatientHistory",
-    "PatientComments", "PatientInsurancePlanCodeSequence", "PatientReligiousPreference",
-    "ResponsiblePerson", "ResponsibleOrganization", "CountryOfResidence", "RegionOfResidence",
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "InstitutionCodeSequence",
-    "ReferringPhysicianName", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
-    "ReferringPhysicianIdentificationSequence", "PhysiciansOfRecord", "PerformingPhysicianName",
-    "NameOfPhysiciansReadingStudy", "OperatorsName", "RequestingPhysician", "ScheduledPerformingPhysicianName",
-    "AccessionNumber", "StudyID", "RequestedProcedureID", "PerformedProcedureStepID",
-    "ScheduledProcedureStepID", "AdmissionID", "IssuerOfPatientID", "StationName", "DeviceSerialNumber",
-    "PlateID", "CassetteID", "DetectorID", "ProtocolName", "StudyDescription", "SeriesDescription",
-    "RequestAttributesSequence", "ImageComments", "RequestedProcedureDescription",
-    "PerformedProcedureStepDescription", "AcquisitionComments", "ContentCreatorName",
-    "TextComments", "TextString", "FrameComments", "DerivationDescription", "PatientState",
-    "ReasonForStudy", "RequestingService", "CurrentPatientLocation", "PatientInstitutionResidence",
-    "ReasonForTheRequestedProcedure", "ServiceEpisodeID", "VisitComments", "InterpretationText",
-)
-# Everything with VR UI except the class UIDs (which identify the kind of object, not the person).
-_UID_KEEP = {"SOPClassUID", "MediaStorageSOPClassUID", "TransferSyntaxUID", "ReferencedSOPClassUID",
-             "ImplementationClassUID", "CodingSchemeUID", "ContextGroupExtensionCreatorUID"}
-
-
-@dataclass
-class DicomScrub:
-    keyed: Keyed
-    touched: list[str] = field(default_factory=list)
-
-    def __call__(self, ds, patient: str) -> list[str]:  # ds: pydicom.Dataset
-        """Scrub `ds` in place; returns what was touched. `patient` keys the date shift."""
-        from pydicom.dataset import Dataset  # noqa: F401  (imported for the type only)
-
-        touched: set[str] = set()
-        shift = self.keyed.date_shift_days(patient)
-
-        def walk(d) -> None:
-            for elem in list(d):
-                kw = elem.keyword
-                if elem.tag.is_private:
-                    del d[elem.tag]
-                    touched.add("dicom:private_tags")
-                    continue
-                if kw in DICOM_REMOVE:
-                    del d[elem.tag]
-                    touched.add(f"dicom:{kw}")
-                elif elem.VR == "SQ":
-                    for item in elem.value:
-                        walk(item)
-                elif elem.VR == "UI" and kw not in _UID_KEEP and elem.value:
-                    vals = elem.value if elem.VM > 1 else [elem.value]
-                    new = [self.keyed.uid(str(v)) for v in vals]
-                    elem.value = new if elem.VM > 1 else new[0]
-                    touched.add("dicom:uids")
-                elif elem.VR in ("DA", "DT") and elem.value:
-                    elem.value = _shift_date(str(elem.value), shift, elem.VR)
-                    touched.add("dicom:dates")
-                elif elem.VR == "PN" and elem.value:
-                    del d[elem.tag]
-                    touched.add(f"dicom:{kw or 'person_name'}")
-                # SH is left out: it holds coded values (CodeValue "113691") the text scrubber would mangle;
-                # the SH attributes that identify people (StationName, AccessionNumber...) are removed above.
-                elif elem.VR in ("LO", "LT", "ST", "UT") and isinstance(elem.value, str) and elem.value:  # noqa: SIM114
-                    cleaned, t = scrub_text(elem.value)
-                    if t:
-                        elem.value = cleaned
-                        touched.add(f"dicom:{kw}")
-
-        walk(ds)
-        if hasattr(ds, "file_meta") and "MediaStorageSOPInstanceUID" in ds.file_meta:
-            ds.file_meta.MediaStorageSOPInstanceUID = self.keyed.uid(str(ds.file_meta.MediaStorageSOPInstanceUID))
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "PS3.15 E.1 basic; UIDs remapped; dates shifted per patient"  # LO: <= 64 chars
-        return sorted(touched)
-
-
-def _shift_date(value: str, days: int, vr: str) -> str:
-    digits = value.strip()
-    try:
-        d = dt.datetime.strptime(digits[:8], "%Y%m%d") + dt.timedelta(days=days)
-    except ValueError:
-        return ""  # an unparsable date is emptied rather than kept
-    return d.strftime("%Y%m%d") + (digits[8:] if vr == "DT" else "")

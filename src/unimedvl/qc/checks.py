@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import warnings
 from typing import Any
 
@@ -34,6 +33,7 @@ from PIL import Image as PILImage
 from ..config import QCConfig
 from ..data import schema
 from ..data.privacy import detect as detect_phi
+from ..data.patterns import linear
 from ..data.schema import IMAGE_TOKEN
 from . import dedup
 
@@ -41,7 +41,7 @@ from . import dedup
 QC_REASONS = schema.QC_REASONS
 
 GOOD_MODES = {"L": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "RGB": 8}
-MOJIBAKE = re.compile(r"\ufffd|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[ÃÂ][\u0080-\u00bf]|â€[\u0080-\u00bf™œ\u009d]")
+MOJIBAKE = linear(r"\x{fffd}|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[ÃÂ][\x{80}-\x{bf}]|â€[\x{80}-\x{bf}™œ\x{9d}]")
 LANG_TAG = r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})?$"
 CAPTION_TASKS = {"caption", "report"}
 VQA_TASKS = {"vqa_closed", "vqa_open"}

@@ -9,7 +9,6 @@ import io
 import json
 import math
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
@@ -17,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import re2
 
 from .. import images
+from ..patterns import linear
 from ..privacy import scrub_json
-from ..schema import MODALITIES, Image, Rejected
+from ..schema import MODALITIES, Image, Rejected, is_utf8
 from .base import Context
 
 def text_field(entry: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -111,7 +110,7 @@ def _json_depth(text: str) -> int:
     return int(np.cumsum(steps).max(initial=0))
 
 
-_JSON_STRING = re2.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_STRING = linear(r'"(?:[^"\\]|\\.)*"')
 _OPEN = np.frombuffer(b"[{", dtype=np.uint8)
 _CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
 
@@ -123,14 +122,18 @@ def load_json(root: Path, rel: str) -> Any:
 def split_from_path(rel: str) -> str | None:
     """The split a file's name or folders spell (`data/validation-0000.parquet` -> val), if any."""
     p = Path(rel)
-    tokens = [t for t in re.split(r"[-_. ]+", p.name.removesuffix("".join(p.suffixes))) if t]
+    tokens = [t for t in _NAME_SEPARATORS.split(p.name.removesuffix("".join(p.suffixes))[:512]) if t]
     for token in tokens[:1] + list(reversed(p.parent.parts)) + tokens[1:]:
         if split := Context.normalise_split(token):
             return split
     return None
 
 
-_SURROGATE = re.compile("[\udc80-\udcff]")
+_NAME_SEPARATORS = linear(r"[-_. ]+")
+
+
+def _not_utf8(cell: str) -> bool:
+    return not is_utf8(cell)  # surrogate escapes stand for bytes that were not UTF-8
 
 
 def iter_csv(root: Path, rel: str, delimiter: str = ",") -> Iterator[tuple[str, dict[str, str] | Rejected]]:
@@ -165,12 +168,12 @@ def iter_csv(root: Path, rel: str, delimiter: str = ",") -> Iterator[tuple[str, 
         if not any(cell.strip() for cell in row):
             continue
         if header is None:
-            if any(_SURROGATE.search(c) for c in row):
+            if any(_not_utf8(c) for c in row):
                 yield rel, Rejected("invalid_encoding", f"the header of {rel} is not valid UTF-8; no row could be read")
                 return
             header = [c.strip() for c in row]
             continue
-        if any(_SURROGATE.search(c) for c in row):
+        if any(_not_utf8(c) for c in row):
             yield item, Rejected("invalid_encoding", f"row {item} is not valid UTF-8")
         elif len(row) != len(header):
             yield item, Rejected("malformed_csv", f"row {item} has {len(row)} fields, the header has {len(header)}")
@@ -267,7 +270,7 @@ def normalise_modality(value: Any) -> str | None:
     """A source's modality spelling -> one of schema.MODALITIES, or None when it is not recognised."""
     if value is None:
         return None
-    v = re.sub(r"\s+", " ", str(value).strip().lower())
+    v = " ".join(str(value).strip().lower()[:200].split())
     if v in MODALITIES:
         return v
     return _MODALITY_ALIASES.get(v)
@@ -275,22 +278,22 @@ def normalise_modality(value: Any) -> str | None:
 
 # Keyword patterns for free text (captions, questions). Acronyms are matched as whole words; "MR",
 # "PET", "SPECT" and "OCT" only in capitals (lower case they are ordinary words), "US" never.
-_MODALITY_WORDS: list[tuple[str, re.Pattern[str]]] = [
-    ("ct", re.compile(r"\b(?:ct|cta|hrct|cect|ncct|computed tomogra\w*|computeri[sz]ed tomogra\w*)\b", re.I)),
-    ("mri", re.compile(r"\b(?:mri|mra|mrcp|magnetic resonance|t[12][- ]?weighted|t[12]w|flair|"
-                       r"diffusion[- ]weighted)\b", re.I)),
-    ("mri", re.compile(r"\bMR\b")),
-    ("xray", re.compile(r"\b(?:x-?rays?|radiographs?|radiography|radiographic|cxr|plain films?|chest films?|"
-                        r"mammogra\w*|fluoroscop\w*|orthopantomogra\w*)\b", re.I)),
-    ("ultrasound", re.compile(r"\b(?:ultraso\w*|sonogra\w*|echocardiogra\w*|doppler)\b", re.I)),
-    ("nuclear", re.compile(r"\b(?:scintigra\w*|bone scan|positron emission)\b", re.I)),
-    ("nuclear", re.compile(r"\b(?:PET|SPECT)\b")),  # capitals only: "pet" is an animal
-    ("angiography", re.compile(r"\b(?:angiogra\w*|arteriogra\w*|venogra\w*)\b", re.I)),
-    ("fundus", re.compile(r"\bfundus\b", re.I)),
-    ("histology", re.compile(r"\b(?:histolog\w*|histopatholog\w*|h&e|hematoxylin|haematoxylin|"
-                             r"immunohistochem\w*|micrograph\w*)\b", re.I)),
-    ("endoscopy", re.compile(r"\b(?:endoscop\w*|colonoscop\w*|gastroscop\w*)\b", re.I)),
-    ("oct", re.compile(r"\b(?:optical coherence tomography|OCT)\b")),
+_MODALITY_WORDS: list[tuple[str, Any]] = [
+    ("ct", linear(r"(?i:\b(?:ct|cta|hrct|cect|ncct|computed tomogra\w*|computeri[sz]ed tomogra\w*)\b)")),
+    ("mri", linear(r"(?i:\b(?:mri|mra|mrcp|magnetic resonance|t[12][- ]?weighted|t[12]w|flair|"
+                       r"diffusion[- ]weighted)\b)")),
+    ("mri", linear(r"\bMR\b")),
+    ("xray", linear(r"(?i:\b(?:x-?rays?|radiographs?|radiography|radiographic|cxr|plain films?|chest films?|"
+                        r"mammogra\w*|fluoroscop\w*|orthopantomogra\w*)\b)")),
+    ("ultrasound", linear(r"(?i:\b(?:ultraso\w*|sonogra\w*|echocardiogra\w*|doppler)\b)")),
+    ("nuclear", linear(r"(?i:\b(?:scintigra\w*|bone scan|positron emission)\b)")),
+    ("nuclear", linear(r"\b(?:PET|SPECT)\b")),  # capitals only: "pet" is an animal
+    ("angiography", linear(r"(?i:\b(?:angiogra\w*|arteriogra\w*|venogra\w*)\b)")),
+    ("fundus", linear(r"(?i:\bfundus\b)")),
+    ("histology", linear(r"(?i:\b(?:histolog\w*|histopatholog\w*|h&e|hematoxylin|haematoxylin|"
+                             r"immunohistochem\w*|micrograph\w*)\b)")),
+    ("endoscopy", linear(r"(?i:\b(?:endoscop\w*|colonoscop\w*|gastroscop\w*)\b)")),
+    ("oct", linear(r"\b(?:optical coherence tomography|OCT)\b")),
 ]
 
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from .. import images
+from ..patterns import linear
 from ..schema import IMAGE_TOKEN, Quarantine, Record, Rejected
 from .base import Context, classify_failure
 from ._common import ImageCache, load_images, read_text
@@ -39,9 +39,9 @@ SPLITS = "mimic-cxr-2.0.0-split.csv"
 MAX_IMAGES = 2
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 VIEW_RANK = {"PA": 0, "AP": 1}
-_REPORT = re.compile(r"^s(\d+)\.txt$")
-_SUBJECT = re.compile(r"^p(\d+)$")
-_SECTION = re.compile(r"^[ \t]*([A-Z][A-Z /&()-]{1,40}):", re.M)
+_REPORT = linear(r"^s(\d+)\.txt$")
+_SUBJECT = linear(r"^p(\d+)$")
+_SECTION = linear(r"(?m)^[ \t]*([A-Z][A-Z /&()-]{1,40}):")
 
 
 def _reports(root: Path) -> list[str]:

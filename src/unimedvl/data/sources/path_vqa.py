@@ -116,7 +116,7 @@ def _image(ctx: Context, cache: ImageCache, rel: str, row: int, value: Any) -> t
     hit = cache.get(digest)
     if hit is None:
         try:
-            arr = images.decode_image(data, name=label)
+            arr = images.decode_image(data, name=label, max_side=ctx.cfg.max_side)
             hit = (images.encode_png(images.resize_max_side(arr, ctx.cfg.max_side), path=name or label), [])
         except Rejected as e:
             hit = e

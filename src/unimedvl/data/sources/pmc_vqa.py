@@ -13,11 +13,11 @@ Modality is "other" unless the caption (else the question and answer) names exac
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from .. import images
+from ..patterns import linear
 from ..schema import IMAGE_TOKEN, Quarantine, Record, Rejected
 from .base import Context
 from ._common import (
@@ -36,7 +36,7 @@ NEEDS_INPUT = True
 LICENSE = "CC BY-SA 4.0"
 IMAGE_DIRS = ("", "images", "figures")
 LETTERS = ("A", "B", "C", "D")
-_PREFIX = re.compile(r"^\s*\(?([A-D])\s*[:.)]\s*")
+_PREFIX = linear(r"^\s*\(?([A-D])\s*[:.)]\s*")
 
 
 def _files(root: Path) -> list[tuple[str, str]]:
