@@ -137,6 +137,61 @@ def _repo_root() -> Path:
     return repo_root()
 
 
+def _heldout_dir(data_dir: Path, given, ckpt: Path, per_family: int) -> Path:
+    """The `heldout` step's output (given, or the sibling `heldout` folder of the data); without one the
+    stage chooses a set itself the same way (train.heldout_samples per family) and says so."""
+    from .heldout import HELDOUT_FILE, select_heldout
+
+    from ..data.shards import manifest_sha256
+
+    def checked(folder: Path) -> Path:
+        made_from = json.loads((folder / HELDOUT_FILE).read_text()).get("data_manifest_sha256")
+        if made_from != manifest_sha256(data_dir):
+            raise StageError(f"{folder / HELDOUT_FILE} was chosen from another version of {data_dir}: run "
+                             f"`unimedvl heldout --data {data_dir} --output {folder}` (dvc repro heldout) again")
+        return folder
+
+    if given is not None:
+        if not (Path(given) / HELDOUT_FILE).exists():
+            raise StageError(f"{given} holds no {HELDOUT_FILE}: run `unimedvl heldout --data {data_dir} --output {given}`")
+        return checked(Path(given))
+    sibling = data_dir.parent / "heldout"
+    if (sibling / HELDOUT_FILE).exists():
+        return checked(sibling)
+    own = ckpt / "heldout"
+    print(f"no held-out set given (`unimedvl heldout`): choosing {per_family} per family into {own}", flush=True)
+    try:
+        select_heldout(data_dir, own, per_family=per_family)
+    except ValueError as e:
+        raise StageError(str(e)) from None
+    return own
+
+
+def run_heldout(data_dir: str | Path, out_dir: str | Path, params: Params, metrics_path: str | Path | None = None,
+                profile: str | None = None) -> dict[str, Any]:
+    """The `heldout` step: choose the fixed held-out set of this data version (train/heldout.py)."""
+    from .heldout import select_heldout
+
+    params = resolve_params(params, profile)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not (data_dir / "manifest.json").exists():
+        raise StageError(f"{data_dir} holds no data set (no manifest.json): run `unimedvl qc` first")
+    cfg = params.heldout
+    with step_run("heldout", params={"heldout": cfg.model_dump()}, data=data_dir, tracking=params.tracking,
+                  dataset_context="eval") as run:
+        try:
+            summary = select_heldout(data_dir, out_dir, cfg.per_family, cfg.seed, cfg.split)
+        except ValueError as e:
+            raise StageError(str(e)) from None
+        run.log_metrics({"samples": summary["n"], **{f"samples.{f}": v["n"] for f, v in summary["families"].items()}})
+        run.log_artifact(out_dir / "heldout.json")
+    summary["run_id"] = run.run_id
+    mp = Path(metrics_path) if metrics_path else out_dir.with_name(out_dir.name + ".metrics.json")
+    mp.parent.mkdir(parents=True, exist_ok=True)
+    mp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
 def _lineage(data_dir: Path, params_h: str, parent: Path | None, stage: str, extra: dict | None = None) -> dict:
     from ..tracking import git_commit, manifest_sha256
 
@@ -202,6 +257,7 @@ def run_stage(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     metrics_path: str | Path | None = None,
+    heldout_dir: str | Path | None = None,
     test_hooks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one pipeline stage; returns its summary (also written to `metrics_path`, by default
@@ -217,7 +273,7 @@ def run_stage(
         summary = _autoencoder_stage(data_dir, out_dir, params, init, prev_dir, max_steps, progress)
     elif stage in TRAIN_STAGES:
         summary = _train_stage(stage, data_dir, out_dir, params, prev_dir, max_steps, ray_address, progress,
-                               checkpoint_dir, test_hooks or {})
+                               checkpoint_dir, test_hooks or {}, heldout_dir)
     else:
         raise StageError(f"unknown stage {stage!r}; choose one of tokenizer, autoencoder, {', '.join(TRAIN_STAGES)}")
     summary["wall_s"] = round(time.perf_counter() - t0, 2)
@@ -376,7 +432,7 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
 
 
 def _train_stage(stage: str, data_dir: Path, out_dir: Path, params: Params, prev_dir, max_steps, ray_address, progress,
-                 checkpoint_dir, hooks: dict[str, Any]) -> dict[str, Any]:
+                 checkpoint_dir, hooks: dict[str, Any], heldout_dir=None) -> dict[str, Any]:
     from ..tracking import manifest_sha256
 
     spec = stage_spec(params, stage)
@@ -404,8 +460,9 @@ def _train_stage(stage: str, data_dir: Path, out_dir: Path, params: Params, prev
     root = _repo_root()
     ckpt = Path(checkpoint_dir) if checkpoint_dir else (root / tc.checkpoint_dir / f"{stage}-{h}")
     ckpt.mkdir(parents=True, exist_ok=True)
+    heldout_dir = _heldout_dir(data_dir, heldout_dir, ckpt, tc.heldout_samples)
     resolved = {"stage": spec.to_dict(), "train": tc.model_dump(), "tracking": params.tracking.model_dump(),
-                "steps": total, "params_hash": h, "init_from": str(prev), "data": str(data_dir)}
+                "steps": total, "params_hash": h, "init_from": str(prev), "data": str(data_dir), "heldout": str(heldout_dir)}
     uri = tracking_uri(params.tracking.uri)
     with step_run(stage, params=resolved, data=data_dir, tracking=params.tracking,
                   tags={"unimedvl.profile": tc.profile, "data_manifest_sha256": manifest_sha256(data_dir)}) as run:
@@ -440,7 +497,7 @@ def _run_and_log(run, stage, data_dir, out_dir, params, spec, total, h, prev, ck
         "lineage": _lineage(data_dir, h, prev, stage, {"curriculum": tc.curriculum, "profile": tc.profile,
                                                         "code_sha256": code}),
         "torch_extensions_dir": str((root / "build" / "torch_extensions").resolve()),
-        "code_hash": code, "keep_checkpoints": tc.keep_checkpoints,
+        "code_hash": code, "keep_checkpoints": tc.keep_checkpoints, "heldout_dir": str(Path(resolved["heldout"]).resolve()),
         **hooks,
     }
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", config["torch_extensions_dir"])
@@ -458,6 +515,11 @@ def _run_and_log(run, stage, data_dir, out_dir, params, spec, total, h, prev, ck
     art = ckpt / "artifacts"
     art.mkdir(exist_ok=True)
     held = [{"step": 0, **result["heldout_start"]}, {"step": result["steps"], **result["heldout_end"]}]
+    n_ce = result["heldout_end"]["ce_tokens"]
+    result["heldout_text_tokens_ok"] = n_ce >= params.heldout.min_text_tokens
+    if not result["heldout_text_tokens_ok"]:
+        print(f"[{stage}] the held-out set holds {n_ce} supervised text tokens (< heldout.min_text_tokens="
+              f"{params.heldout.min_text_tokens}): its CE is a noisy signal", flush=True)
     if rows:
         run.log_artifact(loss_curves_png(rows, held, art / "loss_curves.png", f"{stage} ({tc.profile})"))
     (art / "resolved_config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=False))
