@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-PHANTOMS = 360  # records: enough of every task, and test questions for evaluate, in a few seconds
+PHANTOMS = 500  # records: enough of every task in a few seconds
+# a larger test share than the demo's, so the test split holds >= smoke min_n questions of each kind
+SPLITS = {"train": 0.6, "val": 0.1, "test": 0.3}
 
 
 def build_smoke_pipeline(root: Path) -> dict[str, Any]:
@@ -38,7 +40,8 @@ def build_smoke_pipeline(root: Path) -> dict[str, Any]:
     try:
         params = resolve_params(load_params(REPO / "params.yaml"), "smoke")
         phantom = params.ingest.phantom.model_copy(update={"count": PHANTOMS})
-        icfg = params.ingest.model_copy(update={"phantom": phantom, "sources": (SourceSpec(name="phantom"),)})
+        icfg = params.ingest.model_copy(update={"phantom": phantom, "sources": (SourceSpec(name="phantom"),),
+                                                "split_fractions": SPLITS})
         # training's own MLflow runs are covered by the train tests; off here, they cost seconds per stage
         params = params.model_copy(update={"ingest": icfg,
                                            "tracking": params.tracking.model_copy(update={"enabled": False})})

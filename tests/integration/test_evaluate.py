@@ -163,24 +163,22 @@ def test_bad_inputs(smoke_pipeline, evaluated, tmp_path):
     with pytest.raises(EvaluateError, match="holds no judge"):
         evaluate(p["stage3"], p["qc"], p["benchmark"], tmp_path / "nojudge", tmp_path / "e2", p["params"], log_to_mlflow=False)
     # an empty test split: the VQA families say insufficient_samples, the benchmark families still score
+    # (a small benchmark keeps this case cheap)
+    from unimedvl.evaluate.benchmark import build_benchmark
+
     empty = tmp_path / "empty"
     DatasetWriter(empty, step="qc").close()
-    r = evaluate(p["stage3"], empty, p["benchmark"], p["judge"], tmp_path / "e3", p["params"], log_to_mlflow=False,
-                 untrained_cache=evaluated[1] / "cache")
+    ev = p["params"].evaluate
+    tiny = ev.benchmark.model_copy(update={"finding_questions": 12, "open_questions": 0, "report_prompts": 0,
+                                           "generation_per_finding": 2, "counterfactual_pairs": 0,
+                                           "super_resolution_pairs": 0, "cross_modal_pairs": 0})
+    params = p["params"].model_copy(update={"evaluate": ev.model_copy(update={"benchmark": tiny})})
+    build_benchmark(tmp_path / "bench", params)
+    r = evaluate(p["stage3"], empty, tmp_path / "bench", p["judge"], tmp_path / "e3", params, log_to_mlflow=False,
+                 untrained_cache=tmp_path / "cache")
     assert r.metrics["vqa.closed.accuracy"].status is Status.insufficient_samples
     assert "0 closed questions in the test split" in r.metrics["vqa.closed.accuracy"].reason
-    assert r.metrics["vqa.finding.accuracy"].status is Status.ok
+    assert r.metrics["vqa.finding.accuracy"].status is Status.ok and r.metrics["vqa.finding.accuracy"].n == 12
     assert r.metrics["report.real.bleu4"].status is Status.insufficient_samples
-
-
-@pytest.mark.slow
-def test_judge_reaches_auroc_095_per_finding(tmp_path, smoke_pipeline):
-    """The demo judge (params.yaml's evaluate.judge): held-out AUROC >= 0.95 for every finding."""
-    from unimedvl.config import load_params
-    from unimedvl.evaluate.judge import train_judge
-    from tests.pipeline_fixture import REPO
-
-    torch.set_num_threads(2)
-    m = train_judge(tmp_path / "judge", load_params(REPO / "params.yaml"), smoke_pipeline["qc"])
-    assert all(v is not None and v >= 0.95 for v in m["auroc"].values()), m["auroc"]
-    assert m["passes"]
+    assert r.metrics["sr.psnr"].status is Status.insufficient_samples
+    assert r.computed() > 0

@@ -98,14 +98,15 @@ class Inputs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    test_manifest_sha256: str | None = None
-    benchmark_manifest_sha256: str | None = None
-    judge_sha256: str | None = None
-    protocol_version: int = PROTOCOL_VERSION
-    sampling: Sampling = Sampling()
-    model_lineage: dict[str, Any] = {}
-    model_dir: str | None = None
-    untrained_cache_key: str | None = None
+    test_manifest_sha256: str | None = Field(None, description="sha256 of the QC'd data set's manifest.json (its test split is scored)")
+    benchmark_manifest_sha256: str | None = Field(None, description="sha256 of the phantom benchmark's manifest.json")
+    judge_sha256: str | None = Field(None, description="sha256 of the judge's weights (judge.safetensors)")
+    protocol_version: int = Field(PROTOCOL_VERSION, description="the benchmark protocol the numbers follow")
+    sampling: Sampling = Field(Sampling(), description="the evaluation's sampling settings")
+    model_lineage: dict[str, Any] = Field({}, description="the model folder's lineage.json (data, commit, params hash, parent)")
+    model_dir: str | None = Field(None, description="the model folder evaluated")
+    untrained_cache_key: str | None = Field(None, description="key of the cached untrained-model baseline "
+                                            "(preset, seed, benchmark manifest, judge, sampling)")
 
 
 class EvalMetrics(BaseModel):
@@ -245,6 +246,19 @@ METRIC_KEYS: tuple[tuple[str, str], ...] = (
     ("eval.items", "Items scored in this run (all families); n = the same."),
 )
 
+RULES: tuple[tuple[str, str], ...] = (
+    ("closed yes/no (`vqa_closed`, phantom finding presence)", "normalise both (lower case, punctuation and the "
+     "articles a/an/the dropped); the first yes/no word of each (yes, true, present, positive / no, not, false, "
+     "absent, negative, none) must agree; a prediction without one is wrong"),
+    ("closed multiple choice (options A-E listed in the question)", "the option letter the prediction starts with, "
+     "or the one option whose text it equals or alone contains, must be the reference's letter"),
+    ("open (`vqa_open`)", "exact: normalised strings equal; recall: share of the reference's tokens (with "
+     "multiplicity) present in the prediction"),
+    ("report (`report`)", "BLEU-1..4 (sacrebleu, corpus level), ROUGE-L F (rouge-score, stemmed), finding "
+     "precision / recall / F1 of the rule-based labeler; METEOR unavailable"),
+    ("generation (`t2i` benchmark prompts)", "the judge's verdict per finding at its held-out Youden threshold"),
+)
+
 _PLACEHOLDER = re.compile(r"<[a-z]+>")
 _PATTERNS = tuple(
     re.compile("^" + _PLACEHOLDER.sub(r"[a-z0-9_\\-]+", re.escape(k).replace(r"\<", "<").replace(r"\>", ">")) + "$")
@@ -274,6 +288,8 @@ def render_docs() -> str:
     ]
     for name, field in Inputs.model_fields.items():
         lines.append(f"- `{name}`" + (f": {field.description}" if field.description else ""))
+    lines += ["", "## Scoring rules per question type", "", "| question type | rule (LLaVA-Med's, no LLM judge) |", "|---|---|"]
+    lines += [f"| {q} | {r} |" for q, r in RULES]
     lines += ["", "Sampling settings (`inputs.sampling`, from `evaluate.sampling`): "
               + ", ".join(f"`{k}`" for k in Sampling.model_fields) + ".", "",
               "`<finding>` is one of " + ", ".join(f"`{f}`" for f in FINDINGS)
