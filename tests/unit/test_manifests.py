@@ -231,3 +231,16 @@ def test_required_field_with_default_may_be_omitted():
     )
     assert v.is_valid({"name": "x"})
     assert not v.is_valid({"mode": "auto"})
+
+
+def test_kubectl_older_than_1_27_is_not_used(tmp_path):
+    def fake(name: str, minor: str):
+        exe = tmp_path / name
+        exe.write_text(f"#!/bin/sh\necho '{{\"clientVersion\": {{\"major\": \"1\", \"minor\": \"{minor}\"}}}}'\n")
+        exe.chmod(0o755)
+        return exe
+
+    old, new, broken = fake("old", "20"), fake("new", "32+"), tmp_path / "missing"
+    assert manifests._kubectl_version(str(new)) == (1, 32)
+    assert manifests.pick_kubectl([old, broken, None]) is None
+    assert manifests.pick_kubectl([old, new]) == str(new)
