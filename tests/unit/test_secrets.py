@@ -64,7 +64,7 @@ def test_scan_catches_a_planted_key_and_honours_the_pragma(tmp_path):
     shutil.copy(ROOT / "src" / "unimedvl" / "storage.py", copy / "src" / "storage.py")
     # Built at run time so this file itself holds no key (the AWS documentation's example pair).
     key_id = "AKIA" + "IOSFODNN7" + "EXAMPLE"
-    secret = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
+    secret = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"  # pragma: allowlist secret
     with open(copy / "params.yaml", "a") as f:
         f.write(f"\nleaked:\n  aws_access_key_id: {key_id}\n  aws_secret_access_key: {secret}\n"
                 "  secretName: unimedvl-s3\n  secretKey: AWS_SECRET_ACCESS_KEY\n")  # names: not flagged
