@@ -244,3 +244,22 @@ def test_kubectl_older_than_1_27_is_not_used(tmp_path):
     assert manifests._kubectl_version(str(new)) == (1, 32)
     assert manifests.pick_kubectl([old, broken, None]) is None
     assert manifests.pick_kubectl([old, new]) == str(new)
+
+
+def test_infra_validate_command(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from unimedvl.cli import app
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump_all([SAMPLES["RayJob"], SAMPLES["Deployment"]]))
+    broken = copy.deepcopy(SAMPLES["RayJob"])
+    broken["spec"]["entrypoint"] = ["not", "a", "string"]
+    bad.write_text(yaml.safe_dump(broken))
+    runner = CliRunner()
+    result = runner.invoke(app, ["infra", "validate", str(good)])
+    assert result.exit_code == 0 and "2 document(s) valid" in result.output, result.output
+    result = runner.invoke(app, ["infra", "validate", str(good), str(bad)])
+    assert result.exit_code == 1
+    assert "RayJob/stage1: $.spec.entrypoint: ['not', 'a', 'string'] is not of type 'string'" in result.output
