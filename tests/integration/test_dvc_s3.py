@@ -100,3 +100,35 @@ def test_s3_remote_with_wrong_secret_fails_clearly(project, s3_env, monkeypatch)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "SignatureDoesNotMatch" in proc.stderr or "Forbidden" in proc.stderr or "403" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow  # ingest + QC (Great Expectations, MLflow) of 80 phantoms: ~30-60 s on two cores
+def test_s3_round_trip_of_ingest_and_qc_outputs(s3_env, tmp_path, monkeypatch):
+    """The lean test above round-trips ingest outputs; this one adds the QC step's (accepted shards,
+    quarantine, report), the outputs the training stages start from."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    _git("init", "-q", "-b", "main", cwd=root)
+    _dvc("init", "-q", cwd=root)
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    (root / ".gitignore").write_text("/dvc-remote/\n/mlflow.db\n/mlruns/\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cli = [sys.executable, "-m", "unimedvl.cli"]
+    _run([*cli, "ingest", "--source", "phantom", "--count", "80", "--output", "data/ingest"], root)
+    _run([*cli, "qc", "--input", "data/ingest", "--output", "data/qc", "--report", "qc/report",
+          "--metrics", "qc/metrics.json"], root)
+    _dvc("add", "data/ingest", "data/qc", "qc/report", cwd=root)
+    _git("add", "-A", cwd=root)
+    _git("commit", "-q", "-m", "ingest + qc outputs", cwd=root)
+    storage.configure_dvc_remote(root, local=True)
+    _dvc("push", "-q", "-r", "s3", cwd=root)
+
+    clone = tmp_path / "clean"
+    _git("clone", "-q", str(root), str(clone), cwd=tmp_path)
+    storage.configure_dvc_remote(clone, local=True)
+    _dvc("pull", "-q", "-r", "s3", cwd=clone)
+    for out in ("data/ingest", "data/qc", "qc/report"):
+        original = _checksums(root / out)
+        assert original, out
+        assert _checksums(clone / out) == original, out

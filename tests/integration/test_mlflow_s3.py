@@ -23,6 +23,16 @@ class _Doubler:  # wrapped in a PythonModel below; kept trivial so the test is a
         return [2 * v for v in values]
 
 
+@pytest.fixture(autouse=True)
+def _restore_tracking_uri():
+    """mlflow.set_tracking_uri is process-global: give later tests back whatever was set before."""
+    from mlflow.tracking._tracking_service import utils
+
+    before = utils._tracking_uri
+    yield
+    utils._tracking_uri = before
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
