@@ -102,6 +102,13 @@ def test_dicom_in_and_dicom_out(server):
     ds = pydicom.dcmread(io.BytesIO(base64.b64decode(r.json()["predictions"][1]["image"]["b64"])))
     assert list(ds.ImageType) == ["DERIVED", "SECONDARY"] and "Synthetic" in ds.DerivationDescription
     assert ds.ConversionType == "SYN" and ds.pixel_array.shape[:2] == (64, 64)
+    # The ingest reader runs at the door: its rules apply (burned-in annotations are refused).
+    burned = pydicom.dcmread(io.BytesIO(ct))
+    burned.BurnedInAnnotation = "YES"
+    buf = io.BytesIO()
+    burned.save_as(buf)
+    r = v1(server, [{"task": "vqa", "image": b64(buf.getvalue()), "question": "What modality is this?"}])
+    assert r.status_code == 422 and "BurnedInAnnotation" in r.json()["error"] and r.json()["field"] == "image"
 
 
 def _triton(server):
@@ -276,3 +283,12 @@ def test_metrics_per_task_and_logs_hold_no_question_text(server):
     log = server.log.read_text()
     assert "Zebrafinch" not in log and "nodule near the scar" not in log
     assert base64.b64encode(png_bytes())[:40].decode() not in log
+
+
+def test_listens_on_loopback_only(server):
+    import psutil
+
+    proc = psutil.Process(server.proc.pid)
+    conns = proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections(kind="inet")
+    listening = [c.laddr for c in conns if c.status == psutil.CONN_LISTEN]
+    assert listening and all(a.ip == "127.0.0.1" for a in listening), listening  # no 0.0.0.0, no gRPC on [::]
