@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,10 +50,16 @@ def _alias(c, name: str, alias: str):
 
 def audit(params: Params, entry: dict[str, Any]) -> dict[str, Any]:
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}
+    line = json.dumps(entry, sort_keys=True)
     path = Path(params.promote.audit_log)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.write(line + "\n")
+    except OSError as e:
+        # The PostSync Job runs on a read-only root filesystem: the entry still reaches the Job's log
+        # and the version's tags, and promotion does not fail over its bookkeeping.
+        print(f"unimedvl promote: audit log {path} not writable ({e.strerror}); entry: {line}", file=sys.stderr)
     return entry
 
 
