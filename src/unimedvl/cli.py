@@ -253,12 +253,16 @@ def register_cmd(
     inputs and headline metrics, and the SPDX licences of the training sources; writes register/version.json."""
     import json
 
+    from mlflow.exceptions import MlflowException
+
     from .promote.registry import RegisterError, register
 
     try:
         summary = register(load_params(params), params, run_id=run_id)
     except (ParamsError, RegisterError, FileNotFoundError) as e:
         _fail(str(e), 1)
+    except MlflowException as e:
+        _fail(f"MLflow registry: {e.message}", 1)
     typer.echo(json.dumps({k: summary[k] for k in ("name", "version", "model_uri", "run_id")}))
 
 
@@ -277,17 +281,20 @@ def promote_cmd(
     sets staging directly. Writes promote/decision.json, the audit log and the model card."""
     import json
 
+    import os
+
+    from mlflow.exceptions import MlflowException
+
     from .promote import promotion
     from .promote.gitops import OverlayError
     from .promote.registry import RegisterError
+    from .storage import StorageError
 
     try:
         p = load_params(params)
         if sum(bool(x) for x in (confirm, rollback, to)) > 1:
             raise promotion.PromoteError("give one of --confirm, --rollback, --to")
         if confirm:
-            import os
-
             # What the Argo CD PostSync Job synced (infra/overlays/staging/promote-postsync.yaml).
             result = promotion.confirm(p, confirm, name=os.environ.get("UNIMEDVL_MODEL_NAME"),
                                        version=os.environ.get("UNIMEDVL_MODEL_VERSION"),
@@ -307,8 +314,10 @@ def promote_cmd(
             if not result["passed"] and strict:
                 raise typer.Exit(promotion.EXIT_REJECTED_STRICT)
             return
-    except (ParamsError, promotion.PromoteError, RegisterError, OverlayError, FileNotFoundError) as e:
+    except (ParamsError, promotion.PromoteError, RegisterError, OverlayError, StorageError, FileNotFoundError) as e:
         _fail(str(e), 1)
+    except MlflowException as e:
+        _fail(f"MLflow registry ({os.environ.get('MLFLOW_TRACKING_URI') or p.tracking.uri or 'sqlite:///mlflow.db'}): {e.message}", 1)
     typer.echo(json.dumps(result))
 
 # --- evaluation: benchmark, judge, evaluate (src/unimedvl/evaluate) --------------------------------

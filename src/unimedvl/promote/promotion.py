@@ -257,6 +257,9 @@ def rollback(params: Params, commit_branch: str | None = None, repo: Path | None
     uri = previous.tags.get("unimedvl.storage_uri")
     if not uri:
         raise PromoteError(f"version {previous.version} has no unimedvl.storage_uri tag: it was never promoted")
+    from ..storage import S3Settings
+
+    gitops.check_storage_uri(uri, S3Settings.from_config(params.storage).model_uri(name, previous.version))
     pc = params.promote
     local = not s3_configured()
     if local:
