@@ -279,6 +279,7 @@ def test_metrics_per_task_and_logs_hold_no_question_text(server):
     for task in ("vqa", "generate"):
         assert f'unimedvl_request_seconds_count{{task="{task}"}}' in text
     assert 'unimedvl_requests_total{code="422",task="vqa"}' in text
+    assert 'unimedvl_requests_total{code="422",task="invalid"}' in text  # unknown task, missing field...
     assert "Zebrafinch" not in text
     log = server.log.read_text()
     assert "Zebrafinch" not in log and "nodule near the scar" not in log

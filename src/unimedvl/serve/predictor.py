@@ -53,11 +53,15 @@ class UniMedVLPredictor(Model):
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
         # Parsing and validation stay on the loop (cheap); `predict` gets validated work.
-        if isinstance(payload, InferRequest):
-            return ("v2", payload, parse_v2(payload, self.cfg))
-        if isinstance(payload, (bytes, bytearray)):
-            raise ServeError(415, "v1 :predict takes Content-Type: application/json", "content-type")
-        return ("v1", payload, parse_v1(payload, self.cfg))
+        try:
+            if isinstance(payload, InferRequest):
+                return ("v2", payload, parse_v2(payload, self.cfg))
+            if isinstance(payload, (bytes, bytearray)):
+                raise ServeError(415, "v1 :predict takes Content-Type: application/json", "content-type")
+            return ("v1", payload, parse_v1(payload, self.cfg))
+        except ServeError as e:  # before the task is known: counted under task "invalid"
+            REQUESTS.labels("invalid", str(e.status_code)).inc()
+            raise
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
         protocol, request, instances = payload
@@ -65,6 +69,9 @@ class UniMedVLPredictor(Model):
         start = time.monotonic()
         code = 200
         try:
+            if self._pending >= self.cfg.queue_length:  # refuse before decoding anything
+                raise ServeError(429, f"the model queue is full ({self.cfg.queue_length} requests, "
+                                 "serve.queue_length); retry later")
             # Decoding images (a large DICOM takes a while) runs in the default pool, not on the loop.
             loop = asyncio.get_running_loop()
             prepared = await loop.run_in_executor(None, lambda: [self.engine.prepare(i) for i in instances])
