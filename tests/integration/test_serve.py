@@ -17,7 +17,7 @@ import yaml
 
 from tests.serve_helpers import Server, make_tiny_model, png_bytes
 
-SECRET_QUESTION = "Is there a nodule near the scar of Mrs Zebrafinch?"
+PHI_QUESTION = "Is there a nodule near the scar of Mrs Zebrafinch?"
 
 LIMITS = {
     "max_payload_bytes": 400_000,
@@ -64,7 +64,7 @@ def check_png(data: bytes, task: str) -> None:
 def test_v1_every_task(server):
     img = png_bytes(size=(72, 96), mode="RGB")
     r = v1(server, [
-        {"task": "vqa", "image": b64(img), "question": SECRET_QUESTION},
+        {"task": "vqa", "image": b64(img), "question": PHI_QUESTION},
         {"task": "report", "image": b64(png_bytes(bits16=True))},
         {"task": "explain", "image": b64(img), "question": "Where is the effusion?"},
         {"task": "generate", "prompt": "chest x-ray, right pleural effusion", "steps": 2, "seed": 3},
@@ -274,7 +274,7 @@ def test_timeout_queue_full_and_health_during_long_generate(server):
 
 
 def test_metrics_per_task_and_logs_hold_no_question_text(server):
-    assert v1(server, [{"task": "vqa", "image": b64(png_bytes()), "question": SECRET_QUESTION}]).status_code == 200
+    assert v1(server, [{"task": "vqa", "image": b64(png_bytes()), "question": PHI_QUESTION}]).status_code == 200
     text = httpx.get(f"{server.url}/metrics").text
     for task in ("vqa", "generate"):
         assert f'unimedvl_request_seconds_count{{task="{task}"}}' in text
