@@ -43,6 +43,10 @@ if TYPE_CHECKING:
     from .unimedvl import Segment, UniMedVL
 
 RENORM_TYPES = ("global", "channel", "text_channel")
+# BAGEL's demo settings for editing (its text-to-image ones are generate_images' defaults):
+#   generate_images(model, edit_contexts, **EDIT_DEFAULTS), edit contexts from
+#   chat_layout(tok, [ImageInput(vit=x, latent=x), "instruction"]).
+EDIT_DEFAULTS = {"cfg_img_scale": 2.0, "cfg_interval": (0.0, 1.0), "cfg_renorm_type": "text_channel"}
 
 
 def guidance_contexts(segments: list[Segment]) -> tuple[list[Segment], list[Segment], list[Segment]]:
