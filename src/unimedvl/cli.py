@@ -173,7 +173,8 @@ def heldout(
     `heldout.per_family` each): every training stage measures its start and end on it."""
     import json
 
-    from .train.stages import StageError, run_heldout
+    from .train.heldout import run_heldout
+    from .train.stages import StageError
 
     try:
         summary = run_heldout(data, output, load_params(params))

@@ -12,8 +12,8 @@ from unimedvl.config import Params
 from unimedvl.data.images import encode_png
 from unimedvl.data.schema import SUB_TO_MAIN, Record, Turn
 from unimedvl.data.shards import DatasetWriter
-from unimedvl.train.heldout import HELDOUT_FILE, select_heldout
-from unimedvl.train.stages import StageError, run_heldout, run_stage
+from unimedvl.train.heldout import HELDOUT_FILE, run_heldout, select_heldout
+from unimedvl.train.stages import StageError, run_stage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

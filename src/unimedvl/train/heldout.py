@@ -221,3 +221,62 @@ def paired_delta(start: list[dict], end: list[dict], held: HeldoutSet, mixture: 
         deltas.append(a - b)
     lo, hi = np.percentile(deltas, [2.5, 97.5])
     return {"value": base - ref, "ci_low": float(lo), "ci_high": float(hi), "n_boot": n_boot}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The step, and where a training stage finds its set.
+
+
+def heldout_dir_for(data_dir: Path, given, ckpt: Path, per_family: int) -> Path:
+    """The `heldout` step's output (given, or the sibling `heldout` folder of the data); without one the
+    stage chooses a set itself the same way (train.heldout_samples per family) and says so."""
+    from .stages import StageError
+
+    def checked(folder: Path) -> Path:
+        made_from = json.loads((folder / HELDOUT_FILE).read_text()).get("data_manifest_sha256")
+        if made_from != manifest_sha256(data_dir):
+            raise StageError(f"{folder / HELDOUT_FILE} was chosen from another version of {data_dir}: run "
+                             f"`unimedvl heldout --data {data_dir} --output {folder}` (dvc repro heldout) again")
+        return folder
+
+    if given is not None:
+        if not (Path(given) / HELDOUT_FILE).exists():
+            raise StageError(f"{given} holds no {HELDOUT_FILE}: run `unimedvl heldout --data {data_dir} --output {given}`")
+        return checked(Path(given))
+    sibling = data_dir.parent / "heldout"
+    if (sibling / HELDOUT_FILE).exists():
+        return checked(sibling)
+    own = ckpt / "heldout"
+    print(f"no held-out set given (`unimedvl heldout`): choosing {per_family} per family into {own}", flush=True)
+    try:
+        select_heldout(data_dir, own, per_family=per_family)
+    except ValueError as e:
+        raise StageError(str(e)) from None
+    return own
+
+
+def run_heldout(data_dir: str | Path, out_dir: str | Path, params, metrics_path: str | Path | None = None,
+                profile: str | None = None) -> dict[str, Any]:
+    """The `heldout` step (CLI, DVC stage and KFP component): choose the fixed held-out set of this data
+    version and log it as the step's MLflow run; `params` is the validated params.yaml."""
+    from ..tracking import step_run
+    from .stages import StageError, resolve_params
+
+    params = resolve_params(params, profile)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not (data_dir / "manifest.json").exists():
+        raise StageError(f"{data_dir} holds no data set (no manifest.json): run `unimedvl qc` first")
+    cfg = params.heldout
+    with step_run("heldout", params={"heldout": cfg.model_dump()}, data=data_dir, tracking=params.tracking,
+                  dataset_context="eval") as run:
+        try:
+            summary = select_heldout(data_dir, out_dir, cfg.per_family, cfg.seed, cfg.split)
+        except ValueError as e:
+            raise StageError(str(e)) from None
+        run.log_metrics({"samples": summary["n"], **{f"samples.{f}": v["n"] for f, v in summary["families"].items()}})
+        run.log_artifact(out_dir / "heldout.json")
+    summary["run_id"] = run.run_id
+    mp = Path(metrics_path) if metrics_path else out_dir.with_name(out_dir.name + ".metrics.json")
+    mp.parent.mkdir(parents=True, exist_ok=True)
+    mp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
