@@ -200,6 +200,21 @@ _NO_DIGIT_NEEDED = {"email", "url", "address", "institution", "name_title", "nam
 _ORDER = list(dict.fromkeys(c for c, _ in _ALTERNATIVES))
 _EACH = [(cat, cat not in _NO_DIGIT_NEEDED, linear(_joined(cat), capture=False)) for cat in _ORDER]
 _DIGIT = linear(r"\d")
+# Substrings at least one of which every match of a category contains ((case-sensitive, text)):
+# `in` on a short string costs far less than a pattern pass.
+_LITERAL_GATES: dict[str, list[tuple[bool, str]]] = {
+    "email": [(True, "@")],
+    "url": [(False, g) for g in ("://", "www.", ".com", ".org", ".net", ".edu", ".gov", ".info", ".biz", ".io",
+                                 ".de", ".fr", ".es", ".it", ".uk", ".nl", ".eu")],
+    "institution": [(False, g) for g in ("hospital", "medical", "clinic", "health", "infirmary", "hospice",
+                                         "institute", "universit", "college", "klinik", "krankenhaus", "hôpital",
+                                         "ospedale", "policlinico", "imaging", "radiology", "children's",
+                                         "sanatorium", "polyclinic", "surgery", "cancer")],
+    "name_title": [(False, g) for g in ("dr", "doctor", "mr", "ms", "miss", "mx", "prof", "sister", "nurse", "herr",
+                                        "frau", "mme", "mlle", "dott", "sra", "sr", "sig")],
+    "name_degree": [(True, g) for g in ("MD", "M.D.", "DO", "D.O.", "RN", "NP", "PA-C", "PhD", "Ph.D.", "MBBS",
+                                        "FRCR", "FRCP", "DPM")],
+}
 # Cheap gate: every structural alternative needs a digit, '@', '/', '.', or an upper-case letter.
 _GATE = linear(r"[\d@/]|\p{Lu}")
 # Bare-name tokens: run on chunks of at most CHUNK characters (below), so `re` is bounded here.
@@ -214,10 +229,10 @@ PATTERNS = {"gate": _GATE, "digit": _DIGIT, "tokens": _TOKENS, "word_before": _W
 
 def detect(text: str) -> list[Span]:
     """Every PHI span in `text`, sorted and non-overlapping."""
-    if not text or not _GATE.search(text):
-        return []
     if len(text) <= CHUNK:
-        return list(_detect_cached(text))
+        return list(_detect_short(text))  # templated questions and labels repeat: one dict lookup
+    if not _GATE.search(text):
+        return []
     # Long text in chunks cut at whitespace, each read with an overlap so a value across a cut is
     # seen whole: keeps every pass bounded (the RE2 wrapper's offset mapping is not free per match).
     spans: list[Span] = []
@@ -235,14 +250,25 @@ def detect(text: str) -> list[Span]:
     return _merge(spans)
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 17)
+def _detect_short(text: str) -> tuple[Span, ...]:
+    if not text or not _GATE.search(text):
+        return ()
+    return _detect_cached(text)
+
+
+@functools.lru_cache(maxsize=1 << 12)
 def _detect_cached(text: str) -> tuple[Span, ...]:
     first, last, vocab = _words()
     spans: list[Span] = []
     has_digit = _DIGIT.search(text) is not None
+    low = text.lower()
     for cat, needs_digit, pattern in _EACH:
         if needs_digit and not has_digit:
             continue
+        gate = _LITERAL_GATES.get(cat)
+        if gate is not None and not any(g in (text if case else low) for case, g in gate):
+            continue  # a substring every form of this category contains is absent: skip the pass
         for m in pattern.finditer(text):
             span = _classify(text, m.start(), m.end(), m.group(), cat, first, last, vocab)
             if span is not None:
@@ -399,44 +425,49 @@ def _bare_names(text: str, found: list[Span], first, last, vocab) -> list[Span]:
     toks = _cap_tokens(text, 0)
     if not toks:
         return []
+    # Per token, once: its lower-case form and what the word lists say about it.
+    words = [t[2].lower().rstrip(".").removesuffix("'s").removesuffix("’s") for t in toks]
+    in_vocab = [w in vocab for w in words]
+    if all(v and w not in _NAMEY_VOCAB for v, w in zip(in_vocab, words, strict=True)) and not any(
+            t[2].isupper() and len(w) >= 3 and not v for t, w, v in zip(toks, words, in_vocab, strict=True)):
+        return []  # every capitalised word is a clinical or common word: no bare name here
     covered = [(s.start, s.end) for s in found]
 
     def free(a: int, b: int) -> bool:
         return not any(s < b and a < e for s, e in covered)
 
-    def low(tok: str) -> str:
-        return tok.lower().rstrip(".").removesuffix("'s").removesuffix("’s")
+    def is_first(k: int) -> bool:
+        w = words[k]
+        return len(w) >= 2 and w in first and not in_vocab[k]
 
-    def is_first(tok: str) -> bool:
-        w = low(tok)
-        return len(w) >= 2 and w in first and (w not in vocab)
+    def in_last(k: int) -> bool:
+        return words[k] in last
 
-    def is_last(tok: str) -> bool:
-        w = low(tok)
-        parts = w.split("-")
-        return len(w) >= 2 and all(p in last or p in first for p in parts if p) and not (w in vocab and w not in _NAMEY_VOCAB)
+    def is_last(k: int) -> bool:
+        w = words[k]
+        return (len(w) >= 2 and all(p in last or p in first for p in w.split("-") if p)
+                and not (in_vocab[k] and w not in _NAMEY_VOCAB))
 
-    def unknown(tok: str) -> bool:
-        w = low(tok)
-        return len(w) >= 3 and w not in vocab and not tok.isupper()
+    def unknown(k: int) -> bool:
+        return len(words[k]) >= 3 and not in_vocab[k] and not toks[k][2].isupper()
 
-    def caps(tok: str) -> bool:  # "MICHEL", "NOËL": an upper-case word that is not a clinical one
-        w = low(tok)
-        return tok.isupper() and len(w) >= 3 and w not in vocab
+    def caps(k: int) -> bool:  # "MICHEL", "NOËL": an upper-case word that is not a clinical one
+        return toks[k][2].isupper() and len(words[k]) >= 3 and not in_vocab[k]
 
     out: list[Span] = []
+    n = len(toks)
     i = 0
-    while i < len(toks):
+    while i < n:
         s, e, t = toks[i]
-        if low(t) in EPONYMS and _eponym_use(text, e):
+        if words[i] in EPONYMS and _eponym_use(text, e):
             i += 1
             continue
         # surname, given name
-        if ((is_last(t) or unknown(t) or caps(t) or low(t) in last) and i + 1 < len(toks) and text[e:toks[i + 1][0]] in (", ", ",")
-                and (is_first(toks[i + 1][2]) or (unknown(t) or caps(t)) and (unknown(toks[i + 1][2]) or caps(toks[i + 1][2])))):
+        if ((is_last(i) or unknown(i) or caps(i) or in_last(i)) and i + 1 < n and text[e:toks[i + 1][0]] in (", ", ",")
+                and (is_first(i + 1) or (unknown(i) or caps(i)) and (unknown(i + 1) or caps(i + 1)))):
             j, end = i + 1, toks[i + 1][1]
-            if j + 1 < len(toks) and _gap(text, end, toks[j + 1][0]) and (
-                    is_first(toks[j + 1][2]) or unknown(toks[j + 1][2]) or len(toks[j + 1][2]) <= 2):
+            if j + 1 < n and _gap(text, end, toks[j + 1][0]) and (
+                    is_first(j + 1) or unknown(j + 1) or len(toks[j + 1][2]) <= 2):
                 end, j = toks[j + 1][1], j + 1
             if free(s, end):
                 out.append(Span(s, end, "name"))
@@ -444,27 +475,26 @@ def _bare_names(text: str, found: list[Span], first, last, vocab) -> list[Span]:
                 continue
         j, end = i, e
         # given name [initial] surname [second surname]
-        if is_first(t):
+        if is_first(i):
             k = i + 1
-            if k < len(toks) and len(toks[k][2]) == 2 and toks[k][2].endswith(".") and _gap(text, end, toks[k][0]):
+            if k < n and len(toks[k][2]) == 2 and toks[k][2].endswith(".") and _gap(text, end, toks[k][0]):
                 end, k = toks[k][1], k + 1
-            if k < len(toks) and _gap(text, end, toks[k][0]) and (
-                    is_last(toks[k][2]) or unknown(toks[k][2]) or is_first(toks[k][2]) or low(toks[k][2]) in last):
+            if k < n and _gap(text, end, toks[k][0]) and (is_last(k) or unknown(k) or is_first(k) or in_last(k)):
                 end, j = toks[k][1], k
-                if j + 1 < len(toks) and _gap(text, end, toks[j + 1][0]) and (is_last(toks[j + 1][2]) and unknown(toks[j + 1][2])):
+                if j + 1 < n and _gap(text, end, toks[j + 1][0]) and is_last(j + 1) and unknown(j + 1):
                     end, j = toks[j + 1][1], j + 1
             if free(s, end) and (j > i or not _sentence_start(text, s) or len(t) > 3):
                 out.append(Span(s, end, "name"))
                 i = j + 1
                 continue
         # two adjacent capitalised words that are neither clinical words nor names we know
-        if i + 1 < len(toks) and _gap(text, e, toks[i + 1][0]) and free(s, toks[i + 1][1]) and (
-                unknown(t) and unknown(toks[i + 1][2]) or caps(t) and caps(toks[i + 1][2])):
+        if i + 1 < n and _gap(text, e, toks[i + 1][0]) and free(s, toks[i + 1][1]) and (
+                unknown(i) and unknown(i + 1) or caps(i) and caps(i + 1)):
             out.append(Span(s, toks[i + 1][1], "name"))
             i += 2
             continue
         # a lone surname inside a sentence
-        if is_last(t) and low(t) not in vocab and not _sentence_start(text, s) and len(t) >= 3 and not t.isupper() and free(s, e):
+        if is_last(i) and not in_vocab[i] and not _sentence_start(text, s) and len(t) >= 3 and not t.isupper() and free(s, e):
             out.append(Span(s, e, "name"))
         i += 1
     return out
