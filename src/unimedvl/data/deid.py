@@ -171,7 +171,9 @@ _ALTERNATIVES: list[tuple[str, str]] = [
                 r"(?:n\.?[ \t]?)?\d+" + _UNIT),
     # a house number and two or three capitalised words that are not clinical ones (checked after)
     ("address_generic", r"\b\d+[ \t]+\p{Lu}\p{Ll}+[ \t]+\p{Lu}\p{Ll}+(?:[ \t]+\p{Lu}\p{Ll}+)?\b" + _UNIT),
-    ("zip", r"\b\p{Lu}[\p{L}'’.-]*(?:[ \t]\p{Lu}[\p{L}'’.-]*)*,[ \t]+[A-Z]{2}[ \t]+\d{5}(?:-\d{4})?\b"),
+    # "Santa Cruz de Tenerife, CA 78625", "Álava, IN 46202" (no \b: RE2's is ASCII-only)
+    ("zip", r"\p{Lu}[\p{L}'’./-]*(?:[ \t]+(?:(?:de|del|la|las|los|di|du|sur|am|an|le|les|upon|on)[ \t]+)?\p{Lu}[\p{L}'’./-]*)*"
+            r",[ \t]+[A-Z]{2}[ \t]+\d{5}(?:-\d{4})?\b"),
     # a postcode and the town after it ("08063 Wertingen", "B7E 9EP North Richardside")
     ("zip", r"(?:\b\d{5}(?:-\d{4})?\b|\b[A-Z]{1,2}\d[A-Z\d]?[ \t]?\d[A-Z]{2}\b)(?:[ \t]+\p{Lu}\p{Ll}+(?:[ \t-]\p{Lu}\p{Ll}+)*\b)?"),
     ("institution", rf"(?:\b(?:St\.?|Saint|Mount|Mt\.?)[ \t]+)?(?:\p{{Lu}}[\p{{L}}'’.&-]*[ \t]+(?:(?:of|and|&|de|del|la|di|van|der|von)[ \t]+)?)+{_INSTITUTION_WORDS}\b"
