@@ -303,3 +303,20 @@ def test_exif_orientation_is_applied(tmp_path):
     assert (img.height, img.width) == (40, 20)  # stored upright, as a viewer shows it
     arr = np.asarray(PILImage.open(io.BytesIO(img.png)).convert("RGB"))
     assert arr[:5, :, 2].mean() > 150 and arr[-5:, :, 0].mean() > 150  # the left band is now on top
+
+
+def test_quarantine_lines_never_name_a_person_or_an_absolute_path(tmp_path):
+    root = tmp_path / "imagefolder"
+    root.mkdir()
+    fx.write_image(root / "a.png", 1)
+    outside = fx.write_image(tmp_path / "Quortle_Plimsoll" / "x.png", 2)
+    (root / "metadata.csv").write_text(
+        "image,text\na.png,A chest film.\nQuortle_Plimsoll/MRN12345678/x.png,A chest film.\n"
+        f"{outside},A chest film.\n")
+    records, quarantined = run("imagefolder", root)
+    assert len(records) == 1 and [q.reason for q in quarantined] == ["missing_file", "path_escape"]
+    for q in quarantined:
+        line = q.to_json()
+        assert "Quortle" not in line and "Plimsoll" not in line and "12345678" not in line, line
+        assert str(tmp_path) not in line and "/tmp" not in line, line
+    assert "'p-" in quarantined[0].detail and "absolute path" in quarantined[1].detail
