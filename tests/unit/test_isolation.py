@@ -320,3 +320,13 @@ def test_quarantine_lines_never_name_a_person_or_an_absolute_path(tmp_path):
         assert "Quortle" not in line and "Plimsoll" not in line and "12345678" not in line, line
         assert str(tmp_path) not in line and "/tmp" not in line, line
     assert "'p-" in quarantined[0].detail and "absolute path" in quarantined[1].detail
+
+
+def test_csv_field_over_the_limit_is_one_malformed_row(tmp_path):
+    root = tmp_path / "imagefolder"
+    root.mkdir()
+    fx.write_image(root / "a.png", 1)
+    (root / "metadata.csv").write_text(
+        "image,text\na.png,A chest film.\na.png," + "x" * 200_000 + "\na.png,Another chest film.\n")
+    records, quarantined = run("imagefolder", root)
+    assert len(records) == 2 and [q.reason for q in quarantined] == ["malformed_csv"]
