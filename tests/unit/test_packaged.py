@@ -359,12 +359,8 @@ def test_closed_questions_never_answer_no_for_a_part_the_image_may_show():
 
 @pytest.mark.slow
 def test_full_build_has_a_thousand_images_in_six_modalities_and_all_reports(tmp_path):
-    import time
-
-    start = time.perf_counter()
+    # Its speed is benchmarks/bench_ingest.py's figure, not an assertion here.
     manifest, rows, quarantine = _build(tmp_path / "full", FULL)
-    seconds = time.perf_counter() - start
-    assert seconds < 180, f"the full packaged build took {seconds:.0f} s"
     distinct = _distinct_images(_image_rows(rows))
     total = sum(len(s) for s in distinct.values())
     assert total >= 1000, {m: len(s) for m, s in distinct.items()}
