@@ -32,8 +32,12 @@ from unimedvl.data.sources.base import Context  # noqa: E402
 KEY = b"isolation-key"
 
 
-def run(name: str, root: Path) -> tuple[list[Record], list[Quarantine]]:
-    ctx = Context(source=name, keyed=Keyed(KEY), cfg=IngestConfig())
+SMALL = IngestConfig(phantom={"count": 24})
+
+
+def run(name: str, root: Path | None) -> tuple[list[Record], list[Quarantine]]:
+    ctx = Context(source=name, keyed=Keyed(KEY), cfg=SMALL)
+    root = None if name == "phantom" else root
     items = list(get_source(name).read(root, ctx))
     return [i for i in items if isinstance(i, Record)], [i for i in items if isinstance(i, Quarantine)]
 
@@ -48,7 +52,7 @@ def dicom_folder(root: Path) -> Path:
 
 
 BUILD = {**{n: (lambda root, tmp, n=n: fx.BUILDERS[n](root, tmp)) for n in fx.BUILDERS},
-         "dicom": lambda root, tmp: dicom_folder(root)}
+         "dicom": lambda root, tmp: dicom_folder(root), "phantom": lambda root, tmp: None}
 
 
 def _once(real, calls: list[int], fail_at: int):
@@ -68,7 +72,7 @@ STAGES = {
     "scrub": (base, "scrub_text"),
     "build": (Context, "record"),
 }
-APPLIES = {"read": set(BUILD) - {"path_vqa", "dicom"}, "decode": set(BUILD) - {"dicom"},
+APPLIES = {"read": set(BUILD) - {"path_vqa", "dicom", "phantom"}, "decode": set(BUILD) - {"dicom", "phantom"},
            "dicom_decode": {"dicom"}, "scrub": set(BUILD), "build": set(BUILD)}
 
 
