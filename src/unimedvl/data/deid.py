@@ -31,6 +31,7 @@ key exists). Neither needs a key: text never carries a pseudonym, only paths do
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -202,6 +203,7 @@ _NO_DIGIT_NEEDED = {"email", "url", "address", "institution", "name_title", "nam
 _ORDER = list(dict.fromkeys(c for c, _ in _ALTERNATIVES))
 _EACH = [(cat, cat not in _NO_DIGIT_NEEDED, linear(_joined(cat), capture=False)) for cat in _ORDER]
 _DIGIT = linear(r"\d")
+CHUNK = 4096  # detect() reads longer text in chunks of this many characters
 # Substrings at least one of which every match of a category contains ((case-sensitive, text)):
 # `in` on a short string costs far less than a pattern pass.
 _LITERAL_GATES: dict[str, list[tuple[bool, str]]] = {
@@ -217,12 +219,15 @@ _LITERAL_GATES: dict[str, list[tuple[bool, str]]] = {
     "name_degree": [(True, g) for g in ("MD", "M.D.", "DO", "D.O.", "RN", "NP", "PA-C", "PhD", "Ph.D.", "MBBS",
                                         "FRCR", "FRCP", "DPM")],
 }
+# One literal alternation per gate, on text already cut to a chunk: `re` is bounded here, and a
+# literal search is cheaper than either an RE2 call or a Python loop over the substrings.
+_GATE_PATTERNS = {cat: bounded("|".join(re.escape(g) for _, g in gates), CHUNK + 256) for cat, gates in _LITERAL_GATES.items()}
+_CASE_SENSITIVE_GATES = {cat for cat, gates in _LITERAL_GATES.items() if gates[0][0]}
 # Cheap gate: every structural alternative needs a digit, '@', '/', '.', or an upper-case letter.
 _GATE = linear(r"[\d@/]|\p{Lu}")
 # Bare-name tokens: run on chunks of at most CHUNK characters (below), so `re` is bounded here.
-CHUNK = 4096
 _TOKENS = bounded(r"[^\W\d_](?:[^\W\d_]|['’])*(?:-[^\W\d_](?:[^\W\d_]|['’])*)*\.?", CHUNK + 256)
-PATTERNS = {"gate": _GATE, "digit": _DIGIT, "tokens": _TOKENS, "word_before": _WORD_BEFORE,
+PATTERNS = {"gate": _GATE, "digit": _DIGIT, **{f"gate_{c}": p for c, p in _GATE_PATTERNS.items()}, "tokens": _TOKENS, "word_before": _WORD_BEFORE,
             "word_after": _WORD_AFTER, "degree": _DEGREE, **{f"category_{c}": p for c, _, p in _EACH}}
 
 
@@ -268,8 +273,8 @@ def _detect_cached(text: str) -> tuple[Span, ...]:
     for cat, needs_digit, pattern in _EACH:
         if needs_digit and not has_digit:
             continue
-        gate = _LITERAL_GATES.get(cat)
-        if gate is not None and not any(g in (text if case else low) for case, g in gate):
+        gate = _GATE_PATTERNS.get(cat)
+        if gate is not None and not gate.search(text if cat in _CASE_SENSITIVE_GATES else low):
             continue  # a substring every form of this category contains is absent: skip the pass
         for m in pattern.finditer(text):
             span = _classify(text, m.start(), m.end(), m.group(), cat, first, last, vocab)
