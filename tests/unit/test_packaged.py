@@ -359,12 +359,8 @@ def test_closed_questions_never_answer_no_for_a_part_the_image_may_show():
 
 @pytest.mark.slow
 def test_full_build_has_a_thousand_images_in_six_modalities_and_all_reports(tmp_path):
-    import time
-
-    start = time.perf_counter()
+    # Its speed is benchmarks/bench_ingest.py's figure, not an assertion here.
     manifest, rows, quarantine = _build(tmp_path / "full", FULL)
-    seconds = time.perf_counter() - start
-    assert seconds < 180, f"the full packaged build took {seconds:.0f} s"
     distinct = _distinct_images(_image_rows(rows))
     total = sum(len(s) for s in distinct.values())
     assert total >= 1000, {m: len(s) for m, s in distinct.items()}
@@ -405,7 +401,7 @@ def test_a_bad_or_missing_volume_is_one_quarantine_line_each(monkeypatch):
     shots = packaged.Shots()
     items = list(packaged._volume_shots(_ctx(IngestConfig(packaged=PackagedConfig(slices_per_volume=1))), shots))
     assert [(q.item, q.reason) for q in items] == [
-        ("nibabel/tests/data/README.rst", "unreadable"),
+        ("nibabel/tests/data/README.rst", "decode_error"),  # nibabel cannot decode it (class in detail)
         ("nibabel/tests/data/no-such-file.nii.gz", "missing_file"),
         ("no_such_package_xyz/data/x.nii.gz", "missing_file"),
     ]

@@ -184,7 +184,7 @@ def window(
     Uses the DICOM window when given, else robust percentiles, so a few hot pixels do not flatten
     the contrast of the whole image.
     """
-    v = np.asarray(values, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float32)  # 24-bit mantissa: exact for 16-bit data, half float64's cost
     # Percentiles of a strided sample of ~64k pixels match the full image's to well under one grey
     # level and cost a fraction of a full partition on large scans.
     sample = v.ravel()[:: max(1, v.size // 65536)]

@@ -105,20 +105,25 @@ detect = deid.detect
 
 def scrub_json(value: Any) -> tuple[Any, list[str]]:
     """`scrub_text` over every string inside a JSON-able value (labels, metadata), keys included."""
+    touched: list[str] = []
+    return _scrub_value(value, touched), touched
+
+
+def _scrub_value(value: Any, touched: list[str]) -> Any:
     if isinstance(value, str):
-        return scrub_text(value)
+        text, t = scrub_text(value)
+        if t:
+            touched += t
+        return text
     if isinstance(value, dict):
-        out, touched = {}, []
+        out = {}
         for k, v in value.items():
-            key, t = scrub_text(str(k))
-            touched += t
-            out[key], t = scrub_json(v)
-            touched += t
-        return out, touched
+            key = _scrub_value(k, touched) if isinstance(k, str) else k
+            out[key] = v if v is None or isinstance(v, bool | int | float) else _scrub_value(v, touched)
+        return out
     if isinstance(value, list | tuple):
-        pairs = [scrub_json(v) for v in value]
-        return [p[0] for p in pairs], [t for p in pairs for t in p[1]]
-    return value, []
+        return [v if v is None or isinstance(v, bool | int | float) else _scrub_value(v, touched) for v in value]
+    return value
 
 
 _LETTERS = str.maketrans("0123456789abcdef", "ghijklmnopqrstuv")

@@ -5,6 +5,8 @@ source writes onto them, so no free text of a user's file reaches these columns.
 
 from __future__ import annotations
 
+import functools
+
 from .patterns import bounded
 
 # --- licences --------------------------------------------------------------------------------------
@@ -49,6 +51,7 @@ _NOT_SLUG = bounded(r"[^a-z0-9]+", 200)
 _NOT_UPPER = bounded(r"[^A-Z]", 64)
 
 
+@functools.lru_cache(maxsize=1024)
 def spdx(value: object) -> str:
     """The SPDX id for a source's licence text ("CC BY 4.0", "MIT (see package)"...), else
     LicenseRef-unknown. Nothing of the original text is kept."""
@@ -95,6 +98,7 @@ DATASETS: dict[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
 def dataset_slug(value: object, source: str) -> str:
     """`value` when it is a known slug (case and separators aside), else the source's own name."""
     key = _NOT_SLUG.sub("_", str(value or "").strip().lower()[:80]).strip("_")

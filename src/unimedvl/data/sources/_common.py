@@ -11,7 +11,6 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ def read_text(root: Path, rel: str) -> str:
 JSON_MAX_DEPTH = 64  # our layouts nest 3-4 deep; Python's parser itself recurses ~1000 deep
 JSON_MAX_INT_DIGITS = 40  # ids and sizes; 4300+ digits is what makes int() raise
 JSONL_MAX_LINE_BYTES = 16 << 20
-CSV_MAX_FIELD_CHARS = 1 << 20
+# CSV: a field over the csv module's limit (131,072 characters) is a `malformed_csv` row (iter_csv).
 
 
 def parse_json(text: str, where: str) -> Any:

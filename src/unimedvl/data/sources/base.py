@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from ...config import IngestConfig
 from .. import vocab
 from ..privacy import Keyed, scrub_json, scrub_path, scrub_text, split_for
+from ..patterns import linear
 from ..schema import SPLITS, SUB_TO_MAIN, Image, Quarantine, Record, Rejected, Turn, clean_text, text_problem
 
 Item = Record | Quarantine
@@ -63,12 +64,22 @@ class Context:
         except Exception:  # noqa: BLE001 - see above
             safe_item = "[ITEM]"
         try:
+            # A path quoted in a detail ("image file 'Smith_John/x.png' does not exist") is named by
+            # its pseudonymous form, like the item itself; an absolute path never appears at all.
+            detail = _QUOTED_PATH.sub(lambda m: "'" + self._safe_path(m.group(1)) + "'", detail)
             safe_detail, _ = scrub_text(detail)
         except Exception as e:  # noqa: BLE001 - see above
             safe_detail = f"(the detail could not be de-identified: {type(e).__name__})"
         rid = self.keyed.record_id(self.source, source_id) if source_id is not None else None
         return Quarantine(step=self.step, source=self.source, item=safe_item, reason=reason,
                           detail=safe_detail, id=rid)
+
+    def _safe_path(self, path: str) -> str:
+        if "/" not in path and "\\" not in path and "." not in path:
+            return path
+        if path.startswith(("/", "\\", "~")) or (len(path) > 1 and path[1] == ":"):
+            return "<an absolute path>"
+        return scrub_path(path, keyed=self.keyed)[0]
 
     def rejected(self, item: str, err: Rejected, source_id: str | None = None) -> Quarantine:
         return self.reject(item, err.reason, err.detail, source_id)
@@ -197,6 +208,9 @@ def guess_lang(text: str) -> str:
     if any("\u0400" <= ch <= "\u04ff" for ch in text):
         return "ru"
     return "en"
+
+
+_QUOTED_PATH = linear(r"'([^'\n]{1,1000})'")
 
 
 def classify_failure(err: BaseException) -> tuple[str, str]:
