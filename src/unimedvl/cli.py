@@ -323,6 +323,17 @@ def promote_cmd(
 
 # --- evaluation: benchmark, judge, evaluate (src/unimedvl/evaluate) --------------------------------
 
+def _eval_params(path: Path):
+    """params.yaml with the selected profile applied (env UNIMEDVL_PROFILE or train.profile), once:
+    the library functions take resolved params."""
+    from .train.stages import StageError, resolve_params
+
+    try:
+        return resolve_params(load_params(path))
+    except StageError as e:
+        raise ParamsError(str(e)) from None
+
+
 @app.command()
 def benchmark(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the benchmark's shards/ + manifest.json.")] = Path("data/benchmark"),
@@ -336,7 +347,7 @@ def benchmark(
     from .evaluate.benchmark import BenchmarkError, build_benchmark
 
     try:
-        m = build_benchmark(output, load_params(params), progress=progress)
+        m = build_benchmark(output, _eval_params(params), progress=progress)
     except (ParamsError, BenchmarkError) as e:
         _fail(str(e), 1)
     typer.echo(json.dumps({"output": str(output), "items": m["accepted"], **m["benchmark"]["kinds"]}))
@@ -357,7 +368,7 @@ def judge(
     from .evaluate.judge import JudgeError, train_judge
 
     try:
-        m = train_judge(output, load_params(params), data if data and data.exists() else None, progress=progress)
+        m = train_judge(output, _eval_params(params), data if data and data.exists() else None, progress=progress)
     except (ParamsError, JudgeError) as e:
         _fail(str(e), 1)
     typer.echo(json.dumps({k: m[k] for k in ("auroc", "passes", "wall_s")}))
@@ -376,6 +387,11 @@ def evaluate(
     params: Annotated[Path, typer.Option(help="params.yaml to read `evaluate` from.")] = Path("params.yaml"),
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log a child run under the pipeline's MLflow run.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    ablation: Annotated[bool, typer.Option("--ablation", help="Also run the synergy ablation (about an hour of CPU): "
+                                           "unified vs generation-only vs understanding-only training, written to docs/synergy.md.")] = False,
+    autoencoder: Annotated[Path, typer.Option("--autoencoder", help="Ablation: the autoencoder folder the variants start from.")] = Path("models/autoencoder"),
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Ablation seeds (repeatable; default 0 1 2).")] = None,
+    ablation_dir: Annotated[Path, typer.Option("--ablation-dir", help="Ablation: working folder for the variants.")] = Path("build/ablation"),
 ) -> None:
     """Score a model: VQA (test split + phantom benchmark, blind and majority baselines), reports,
     generation (judge faithfulness vs an untrained model, domain Frechet distance), image pairs.
@@ -385,7 +401,7 @@ def evaluate(
     from .evaluate.run import evaluate as run_evaluate
 
     try:
-        result = run_evaluate(model, data, bench, judge_dir, output, load_params(params), progress=progress,
+        result = run_evaluate(model, data, bench, judge_dir, output, _eval_params(params), progress=progress,
                               log_to_mlflow=None if mlflow else False)
     except (ParamsError, EvaluateError) as e:
         _fail(str(e), 1)
@@ -398,6 +414,12 @@ def evaluate(
             typer.echo(f"  {key}: {m.value if m.value is not None else m.status.value}")
     if ok == 0:
         _fail("no metric could be computed: see the reasons in metrics.json", 1)
+    if ablation:
+        from .evaluate.synergy import run_ablation
+
+        rows = run_ablation(data, bench, judge_dir, autoencoder, ablation_dir, _eval_params(params),
+                            seeds=tuple(seeds or (0, 1, 2)), progress=progress)
+        typer.echo(f"wrote docs/synergy.md ({len(rows)} rows)")
 
 
 def main() -> None:

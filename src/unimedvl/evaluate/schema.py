@@ -222,7 +222,8 @@ METRIC_KEYS: tuple[tuple[str, str], ...] = (
      "faithfulness exceeds the untrained model's (value = p)."),
     ("generation.domain_fd.<modality>", "Domain Frechet distance between generated and real test images of a "
      "modality in the judge's feature space (not FID: no Inception weights exist offline); only where both "
-     "sets hold at least 2x the feature dimension, else insufficient_samples."),
+     "sets hold at least 2x the feature dimension, else insufficient_samples. Interval: estimate +- 1.96 "
+     "bootstrap standard errors (a percentile interval is biased upward by resampled duplicates)."),
     ("generation.fid.<modality>", "Frechet distance in the feature space of a user-supplied TorchScript "
      "Inception network (evaluate.inception_torchscript); unavailable when none is given. Not claimed equal "
      "to reference FID implementations."),
@@ -243,7 +244,7 @@ METRIC_KEYS: tuple[tuple[str, str], ...] = (
     ("explain.pointing_game", "Share of finding questions whose explanation heatmap peaks inside the finding "
      "region; unavailable until the serve `explain` code is present."),
     # bookkeeping
-    ("eval.items", "Items scored in this run (all families); n = the same."),
+    ("eval.items", "Answers and images the model produced in this run (baselines included); n = the same."),
 )
 
 RULES: tuple[tuple[str, str], ...] = (
