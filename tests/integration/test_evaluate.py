@@ -111,7 +111,9 @@ def test_evaluate_writes_every_family(evaluated, smoke_pipeline):
         assert m[key].status is Status.ok, (key, m[key])
         assert m[key].n >= smoke_pipeline["params"].evaluate.min_n
     assert m["report.meteor"].status is Status.unavailable and m["report.meteor"].value is None
-    assert m["explain.pointing_game"].status is Status.unavailable
+    pg, chance = m["explain.pointing_game"], m["explain.pointing_game.random"]
+    assert pg.status is Status.ok and 0.0 <= pg.value <= 1.0 and 0.0 < chance.value < 0.5
+    assert pg.n == smoke_pipeline["params"].evaluate.benchmark.finding_questions // 2
     assert m["vqa.finding.majority.accuracy"].value == pytest.approx(0.5)
     # the bicubic baseline of a 4x downsampled phantom is a real baseline, far from random
     assert m["sr.bicubic.psnr"].value > 18

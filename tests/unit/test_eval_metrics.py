@@ -9,6 +9,7 @@ import pytest
 from unimedvl.evaluate import understanding as U
 from unimedvl.evaluate.generation import (
     bicubic_upsample,
+    pointing_hit,
     faithfulness,
     faithfulness_contributions,
     frechet_distance,
@@ -169,3 +170,16 @@ def test_synergy_masks_mixtures_and_tabulates(tmp_path):
     assert rows["generation.faithfulness.mean"]["deltas"] == pytest.approx([0.1]) and rows["generation.faithfulness.mean"]["stdev"] is None
     text = write_synergy_md(list(rows.values()), tmp_path / "synergy.md").read_text()
     assert "| `vqa.finding.accuracy` | understanding_only | +0.1500 |" in text
+
+
+def test_pointing_game_hits_misses_and_flat_maps():
+    region = np.zeros((16, 16), dtype=bool)
+    region[4:6, 4:6] = True
+    heat = np.zeros((16, 16))
+    heat[5, 5] = 1.0
+    assert pointing_hit(heat, region) == (True, pytest.approx(4 / 256))
+    heat = np.zeros((16, 16))
+    heat[7, 5] = 1.0
+    assert pointing_hit(heat, region)[0] is False
+    assert pointing_hit(heat, region, grow=2)[0] is True  # within the heatmap's resolution
+    assert pointing_hit(np.ones((16, 16)), region)[0] is False  # a flat map points nowhere

@@ -400,9 +400,50 @@ def image_pairs(ev) -> None:
                                                        "baseline_psnr": float(np.mean(bp)) if bp else None})
 
 
+def pointing_game(ev) -> None:
+    """For benchmark finding questions whose finding is present: does the peak of the explanation
+    heatmap of the answer "yes" (the serving predictor's `explain_answer`, gradient x input over ViT
+    patches) fall inside the finding's region, dilated by half a ViT patch (the heatmap's resolution)?
+    The baseline is a uniformly random point: the dilated region's share of the image."""
+    from ..data.phantoms import render
+    from ..serve.explain import explain_answer
+    from .generation import pointing_hit
+    from ..train.data import image_tensor
+    from .run import _labels, _turns
+
+    rows = [r for r in _bench_rows(ev) if _labels(r)["benchmark"]["kind"] == "finding"
+            and _labels(r)["task"]["answer"] == "yes"]
+    if len(rows) < ev.min_n:
+        for k in ("explain.pointing_game", "explain.pointing_game.random"):
+            ev.put(k, Metric.insufficient(len(rows), ev.min_n, "present-finding questions"))
+        return
+    res = ev.spec.vit_resolution
+    grow = max(1, ev.model.cfg.vit.patch_size // 2)
+    hits, chance = [], []
+    bar, tick = ev.progress.bar(len(rows), "pointing game")
+    for r in rows:
+        lab = _labels(r)
+        image = image_tensor(r["input_img"][0]["bytes"], res)
+        question = _turns(r)[0].replace("<image>", "").strip()
+        heat = explain_answer(ev.model, ev.tok, image, question, ev.tok.encode(_turns(r)[1]), size=(res, res))
+        rendered = render(lab["input"][0], res)
+        masks = [m for f, m in zip(lab["input"][0]["findings"], rendered.findings, strict=True)
+                 if f["type"] == lab["task"]["finding"]]
+        hit, share = pointing_hit(heat, np.any([m > 0.5 for m in masks], axis=0), grow)
+        hits.append(float(hit))
+        chance.append(share)
+        if tick is not None:
+            tick(1)
+    if bar is not None:
+        bar.close()
+    ev.calls += len(rows)
+    ev.mean("explain.pointing_game", hits, "present-finding questions")
+    ev.mean("explain.pointing_game.random", chance, "present-finding questions")
+
+
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
 
 
-__all__ = ["generation", "image_pairs", "reports", "understanding"]
+__all__ = ["generation", "image_pairs", "pointing_game", "reports", "understanding"]
 _ = Path

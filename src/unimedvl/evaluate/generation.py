@@ -140,3 +140,18 @@ def region_change(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> tu
     inside = float(d[m].mean()) if m.any() else 0.0
     outside = float(d[~m].mean()) if (~m).any() else 0.0
     return inside, outside
+
+
+def pointing_hit(heat: np.ndarray, region: np.ndarray, grow: int = 0) -> tuple[bool, float]:
+    """Whether a heatmap's peak lies in `region` dilated by `grow` px (a flat heatmap points nowhere),
+    and the dilated region's share of the image (the hit rate of a uniformly random point)."""
+    from scipy.ndimage import binary_dilation
+
+    region = np.asarray(region, dtype=bool)
+    if grow > 0:
+        region = binary_dilation(region, iterations=grow)
+    heat = np.asarray(heat)
+    if heat.max() <= heat.min():
+        return False, float(region.mean())
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return bool(region[y, x]), float(region.mean())

@@ -220,8 +220,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, bench_dir: str | Path,
     families.reports(ev)
     families.generation(ev, Path(untrained_cache) if untrained_cache else Path("build/eval-cache"))
     families.image_pairs(ev)
-    ev.put("explain.pointing_game", Metric.unavailable(
-        "the explanation heatmaps come from the serving predictor's `explain` (unimedvl.serve), not present here"))
+    families.pointing_game(ev)
     ev.put("eval.items", Metric.ok(ev.calls, ev.calls))
     from ..data.shards import manifest_sha256
 

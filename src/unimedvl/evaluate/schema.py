@@ -241,8 +241,10 @@ METRIC_KEYS: tuple[tuple[str, str], ...] = (
     ("counterfactual.out_region_change", "Mean absolute change outside the region (should be small)."),
     ("counterfactual.locality", "in_region_change - out_region_change per pair, mean (> 0: the edit is local)."),
     # explanations (computed by the serving helper's explain code)
-    ("explain.pointing_game", "Share of finding questions whose explanation heatmap peaks inside the finding "
-     "region; unavailable until the serve `explain` code is present."),
+    ("explain.pointing_game", "Benchmark finding questions with the finding present: share whose explanation "
+     "heatmap of the answer (the serving predictor's `explain_answer`, gradient x input over ViT patches) peaks "
+     "inside the finding's region, dilated by half a ViT patch."),
+    ("explain.pointing_game.random", "The same for a uniformly random point: the dilated region's share of the image."),
     # bookkeeping
     ("eval.items", "Answers and images the model produced in this run (baselines included); n = the same."),
 )
