@@ -187,7 +187,7 @@ def test_bad_inputs(smoke_pipeline, evaluated, tmp_path):
 
 
 def _test_images(smoke_pipeline) -> torch.Tensor:
-    from unimedvl.evaluate.families import _real_test_images
+    from unimedvl.evaluate.imaging import _real_test_images
 
     class _Ev:  # what _real_test_images reads
         data_dir = smoke_pipeline["qc"]

@@ -209,7 +209,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, bench_dir: str | Path,
              output: str | Path, params: Params, *, progress: bool = False, log_to_mlflow: bool | None = None,
              untrained_cache: str | Path | None = None) -> EvalMetrics:
     """Score `model_dir`; writes `<output>/metrics.json`, `<output>/plots/`, `<output>/report/index.html`."""
-    from . import families
+    from . import families, imaging
     from .judge import judge_sha256
 
     t0 = time.perf_counter()
@@ -218,9 +218,9 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, bench_dir: str | Path,
     torch.manual_seed(ev.cfg.sampling.seed)
     families.understanding(ev)
     families.reports(ev)
-    families.generation(ev, Path(untrained_cache) if untrained_cache else Path("build/eval-cache"))
-    families.image_pairs(ev)
-    families.pointing_game(ev)
+    imaging.generation(ev, Path(untrained_cache) if untrained_cache else Path("build/eval-cache"))
+    imaging.image_pairs(ev)
+    imaging.pointing_game(ev)
     ev.put("eval.items", Metric.ok(ev.calls, ev.calls))
     from ..data.shards import manifest_sha256
 
