@@ -41,6 +41,7 @@ def _run(folders, name, strategy, zero=2, steps=5, **hooks):
     out = run_stage("stage1", data, root / "models" / name, params, prev_dir=root / "models" / "autoencoder",
                     checkpoint_dir=root / f"ck-{name}", progress=False, test_hooks=hooks or None)
     rows = [json.loads(x) for x in (root / f"ck-{name}" / "losses.jsonl").read_text().splitlines()]
+    out["lr_by_step"] = {r["step"]: r["lr"] for r in rows}
     return out, {r["step"]: r["loss"] for r in rows}
 
 
@@ -55,6 +56,8 @@ def test_zero3_matches_ddp_and_saves(ray_local, folders):
     print(f"ZeRO-3 vs DDP: max relative per-step loss difference {_rel(ddp, z3):.2e}")
     assert len(ddp) == 5 and _rel(ddp, z3) < 1e-4, (ddp, z3)
     assert z3_out["world_size"] == 2 and (folders[0] / "models" / "z3" / "ema.safetensors").exists()
+    # The lr logged under DeepSpeed is the one applied at that step, as under DDP (not one step ahead).
+    assert z3_out["lr_by_step"] == pytest.approx(ddp_out["lr_by_step"], rel=1e-12)
     assert abs(z3_out["heldout_end"]["loss"] - ddp_out["heldout_end"]["loss"]) < 1e-3
 
 

@@ -343,6 +343,9 @@ def _cap_tokens(text: str, offset: int) -> list[tuple[int, int, str]]:
         tok = m.group()
         if not tok[0].isupper():
             continue
+        a, b = m.start(), m.end()
+        if (b < len(text) and text[b].isdigit()) or (a and text[a - 1].isdigit()):
+            continue  # part of a code ("ICBM152", "T1W"), not a word
         end = m.end()
         if tok.endswith(".") and len(tok) > 3:
             tok, end = tok[:-1], end - 1

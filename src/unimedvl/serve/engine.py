@@ -19,6 +19,7 @@ import torch
 
 from ..config import IngestConfig, ServeConfig
 from ..model.layout import ImageInput, chat_layout
+from ..model.sampling import EDIT_DEFAULTS
 from ..model.unimedvl import Segment, UniMedVL
 from . import images
 from .explain import heatmap, question_context
@@ -57,9 +58,6 @@ def run_texts(model: UniMedVL, contexts: list[list[Segment]], max_new_tokens: li
     return [ids[:n] for ids, n in zip(out, max_new_tokens, strict=True)]
 
 
-# The reference sampler's settings per task (model.sampling; edit as `UniMedVL.edit_image`).
-GENERATE_KW: dict[str, Any] = {}
-EDIT_KW: dict[str, Any] = {"cfg_img_scale": 2.0, "cfg_interval": (0.0, 1.0), "cfg_renorm_type": "text_channel"}
 
 
 def run_images(model: UniMedVL, contexts: list[list[Segment]], steps: int, guidance: float, seeds: list[int],
@@ -67,7 +65,7 @@ def run_images(model: UniMedVL, contexts: list[list[Segment]], steps: int, guida
     """Images for contexts that share steps, guidance and size, in one batched sampler call."""
     h, w = size or (None, None)
     return model.generate_images(contexts, height=h, width=w, num_steps=steps, cfg_text_scale=guidance, seeds=seeds,
-                                 **(EDIT_KW if edit else GENERATE_KW))
+                                 **(EDIT_DEFAULTS if edit else {}))  # edit: the reference's edit guidance
 
 
 class Engine:
