@@ -534,13 +534,13 @@ def _volume_images(ctx: Context, entry: VolumeEntry, item: str, data: np.ndarray
         raise ValueError(f"expected a 3D or 4D volume, got shape {data.shape}")
     keep16 = bool(cfg.keep_16bit) and data.dtype not in (np.uint8, np.int8)
     ref = data[..., frames[0]] if frames[0] is not None else data
-    ref = np.nan_to_num(np.asarray(ref, dtype=np.float32))
+    ref = images.without_nan(np.asarray(ref, dtype=np.float32))
     pos = positions.get(entry.slices_from or "") or _slice_positions(
         ref, cfg.packaged.planes, cfg.packaged.slices_per_volume, symmetric=entry.symmetric)
     positions[entry.rel] = pos
     out: list[Shot] = []
     for t in frames:
-        vol = ref if t == frames[0] else np.nan_to_num(np.asarray(data[..., t], dtype=np.float32))
+        vol = ref if t == frames[0] else images.without_nan(np.asarray(data[..., t], dtype=np.float32))
         lo, hi = entry.value_range or _robust_range(vol)
         for plane in cfg.packaged.planes:
             for k in pos.get(plane, []):
@@ -570,7 +570,7 @@ def _series_images(ctx: Context, entry: VolumeEntry, item: str, data: np.ndarray
                    zooms: tuple[float, ...]) -> list[Shot]:
     """A stack of repeated acquisitions of one slice (plane not documented): each one is an image."""
     keep16 = bool(ctx.cfg.keep_16bit) and data.dtype not in (np.uint8, np.int8)
-    vol = np.nan_to_num(np.asarray(data, dtype=np.float32))
+    vol = images.without_nan(np.asarray(data, dtype=np.float32))
     lo, hi = entry.value_range or _robust_range(vol)
     out: list[Shot] = []
     for i in images.evenly_spaced(data.shape[2], ctx.cfg.packaged.frames_per_series):
@@ -589,7 +589,9 @@ def _series_images(ctx: Context, entry: VolumeEntry, item: str, data: np.ndarray
 
 
 def _robust_range(vol: np.ndarray) -> tuple[float, float]:
-    finite = vol[np.isfinite(vol)]
+    flat = vol.reshape(-1)
+    mask = np.isfinite(flat)
+    finite = flat if mask.all() else flat[mask]  # no copy of the whole volume when all of it is finite
     if finite.size == 0:
         return 0.0, 1.0
     sample = finite[:: max(1, finite.size // 2_000_000)]
