@@ -76,7 +76,8 @@ def ingest(
                 ctx.on_unit = lambda n, task=task: progress.advance(task, n)
             for item in _guarded(module, root, ctx):
                 writer.add(spec.name, item)
-                progress.update(task, advance=0 if by_units else 1, quarantined=counts.quarantined)
+                if not progress.disable:  # no bar (not a terminal): nothing to update per item
+                    progress.update(task, advance=0 if by_units else 1, quarantined=counts.quarantined)
             if total is not None:
                 progress.update(task, completed=total)
             if not console.is_terminal:
