@@ -5,7 +5,15 @@ decode (up to the same number of frames), slice every volume at the same number 
 every picture, parse every report, and encode each image as PNG. The ratio ingest/floor is the cost
 of everything else ingest does (de-identification, keyed hashing, de-duplication, records,
 Parquet, manifest). Both run pinned to one core, alternately, and the best of each is kept.
-DICOM files that ingest quarantines from their header alone are not decoded by the floor either.
+
+What "the same files" means for the floor, so that it is the least any correct ingest must do:
+- DICOM files that ingest quarantines from their header alone (modality, no pixel data, not DICOM,
+  ...) are not decoded by the floor either; a repeat of an SOP instance already decoded is skipped
+  too (the header shows it);
+- files whose verdict needs their pixels (a second encoding of an image under another SOP instance,
+  a lossy copy, a blank or synthetic image) are decoded, since no ingest can reject them unseen;
+- images are encoded at the output's bit depth: 16-bit grey where the scan has more than 8 bits and
+  `ingest.keep_16bit` is set, as the output contract requires.
 
 Last line: `ingest/floor ratio: X` (goal X <= 1.5).
 """
@@ -37,17 +45,22 @@ from unimedvl.data.sources.packaged_reports import locate_archive
 BENCH_KEY = b"bench-key"
 
 
-def _minmax(arr: np.ndarray) -> np.ndarray:
+# Quarantine reasons that only the pixels can give: the floor must decode these files as ingest does.
+PIXEL_VERDICTS = frozenset({"duplicate_encoding", "blank_image", "synthetic_pixels"})
+
+
+def _minmax(arr: np.ndarray, keep16: bool = False) -> np.ndarray:
     a = np.asarray(arr, dtype=np.float32)
     lo, hi = float(a.min()), float(a.max())
-    return ((a - lo) / (hi - lo or 1.0) * 255).astype(np.uint8)
+    top = 65535 if keep16 and a.ndim == 2 else 255
+    return ((a - lo) / (hi - lo or 1.0) * top).astype(np.uint16 if top == 65535 else np.uint8)
 
 
-def floor(cfg: IngestConfig, rejected: set[str]) -> int:
-    """Decode + PNG-encode the inputs ingest accepted, with nothing else; returns the image count.
+def floor(cfg: IngestConfig, rejected: dict[str, str]) -> int:
+    """Decode + PNG-encode what any ingest must decode, with nothing else; returns the image count.
 
-    `rejected` holds the DICOM items ingest quarantined (duplicates, photographs, ...): ingest
-    decides those from the header without decoding pixels, so the floor does not decode them either.
+    `rejected` maps the items ingest quarantined to their reason (the module docstring says which
+    of them the floor still decodes).
     """
     import nibabel as nib
     import pydicom
@@ -57,31 +70,41 @@ def floor(cfg: IngestConfig, rejected: set[str]) -> int:
     images = 0
     warnings.simplefilter("ignore")
     candidates, _ = packaged.dicom_candidates()
+    decoded_instances: set[str] = set()
     for cand in candidates:
         # quarantine lines name items by their pseudonymous path (privacy.scrub_path with the run's key)
-        if cand.item in rejected or scrub_path(cand.item, keyed=Keyed(BENCH_KEY))[0] in rejected:
+        reason = rejected.get(cand.item) or rejected.get(scrub_path(cand.item, keyed=Keyed(BENCH_KEY))[0])
+        if reason is not None and reason not in PIXEL_VERDICTS:
             continue
         try:
             ds = pydicom.dcmread(cand.path, stop_before_pixels=True)
+            instance = str(ds.get("SOPInstanceUID", ""))
+            if reason is not None and instance and instance in decoded_instances:
+                continue  # a repeat of an instance already decoded: the header is enough
+            decoded_instances.add(instance)
             frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+            keep16 = bool(cfg.keep_16bit) and int(ds.get("BitsStored", 8) or 8) > 8
             stack = [pixel_array(cand.path, index=i if frames > 1 else None) for i in evenly_spaced(frames, cfg.packaged.frames_per_series)]
         except Exception:  # noqa: BLE001 - the floor skips what cannot be decoded
             continue
+        if reason is not None:
+            continue  # decoded to be judged, never encoded
         for frame in stack:
-            encode_png(resize_max_side(_minmax(frame), cfg.max_side))
+            encode_png(resize_max_side(_minmax(frame, keep16), cfg.max_side))
             images += 1
     for entry in packaged.VOLUMES:
         _, path = packaged._package_file(entry.package, entry.rel)
         if path is None:
             continue
         data = np.asanyarray(nib.load(path).dataobj)
+        keep16 = bool(cfg.keep_16bit) and data.dtype not in (np.uint8, np.int8)
         vols = [data] if data.ndim == 3 else [data[..., t] for t in evenly_spaced(data.shape[3], cfg.packaged.frames_per_series)]
         for vol in vols:
             for axis in range(3):
                 if min(s for i, s in enumerate(vol.shape) if i != axis) < packaged.MIN_SIDE:
                     continue
                 for k in evenly_spaced(vol.shape[axis], cfg.packaged.slices_per_volume):
-                    encode_png(resize_max_side(_minmax(vol[(slice(None),) * axis + (k,)]), cfg.max_side))
+                    encode_png(resize_max_side(_minmax(vol[(slice(None),) * axis + (k,)], keep16), cfg.max_side))
                     images += 1
     for pic in packaged.PICTURES:
         _, path = packaged._package_file(pic.package, pic.rel)
@@ -122,7 +145,7 @@ def main() -> None:
             t = time.perf_counter()
             manifest = run_ingest(cfg, Path(tmp) / f"run{r}")
             best_ingest = min(best_ingest, time.perf_counter() - t)
-            rejected = {q.item for q in read_quarantine(Path(tmp) / f"run{r}")}
+            rejected = {q.item: q.reason for q in read_quarantine(Path(tmp) / f"run{r}")}
             t = time.perf_counter()
             images_floor = floor(cfg, rejected)
             best_floor = min(best_floor, time.perf_counter() - t)

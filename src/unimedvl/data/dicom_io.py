@@ -87,15 +87,48 @@ class DicomImage:
     n_frames: int = 1  # frames in the source object
 
 
-def read_dicom(path: Path, keyed: Keyed, cfg: IngestConfig, *, max_frames: int = 8) -> DicomImage:
-    """Read, de-identify and decode one DICOM file. Raises `schema.Rejected` for anything unusable."""
+@dataclass
+class Opened:
+    """One DICOM file parsed once (`open_dicom`): the dataset, or the `Rejected` that reading it
+    raised, and the messages pydicom warned with while reading (they tell a truncated file)."""
+
+    ds: Any | None
+    size: int = 0
+    messages: list[str] = field(default_factory=list)
+    error: Rejected | None = None
+
+
+def open_dicom(path: Path) -> Opened:
+    """Parse one DICOM file, for a caller that needs a few header values before `read_dicom`
+    (ordering, de-duplication) and then hands the result to it, so the file is parsed once."""
+    with _quiet_pydicom(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds, size = _open(Path(path))
+        except Rejected as e:
+            return Opened(None, error=e)
+        return Opened(ds, size, [str(w.message) for w in caught])
+
+
+def read_dicom(path: Path, keyed: Keyed, cfg: IngestConfig, *, max_frames: int = 8,
+               opened: Opened | None = None) -> DicomImage:
+    """Read, de-identify and decode one DICOM file. Raises `schema.Rejected` for anything unusable.
+
+    `opened`: the file as `open_dicom` parsed it (used once: the dataset is scrubbed in place)."""
     path = Path(path)
     with _quiet_pydicom(), warnings.catch_warnings(record=True) as caught:
         # pydicom warns and logs with element values in the message ("Invalid value for VR DA:
         # '19510704'"); none of that may reach a log, so while we hold the raw dataset its warnings
         # are recorded (to spot truncation) and its log records dropped.
         warnings.simplefilter("always")
-        return _read(path, keyed, cfg, max_frames, caught)
+        if opened is None:
+            ds, size = _open(path)
+            messages = [str(w.message) for w in caught]
+        elif opened.error is not None:
+            raise opened.error
+        else:
+            ds, size, messages = opened.ds, opened.size, opened.messages
+        return _read(ds, size, keyed, cfg, max_frames, messages)
 
 
 class _DropWhileReading(logging.Filter):
@@ -121,7 +154,8 @@ def _quiet_pydicom() -> Iterator[None]:
         _state.depth -= 1
 
 
-def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: list) -> DicomImage:
+def _open(path: Path) -> tuple[Any, int]:
+    """(dataset, file size) of a regular, non-empty DICOM file, or `Rejected` with the reason."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -144,10 +178,14 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
         raise Rejected("unreadable", f"the file could not be read: {e.strerror or type(e).__name__}") from None
     except Exception as e:  # noqa: BLE001 - a malformed header must quarantine, never crash the run
         raise Rejected("unreadable", f"the DICOM header could not be parsed ({type(e).__name__})") from None
+    return ds, size
+
+
+def _read(ds: Any, size: int, keyed: Keyed, cfg: IngestConfig, max_frames: int, messages: list[str]) -> DicomImage:
     # Element offsets of a Deflated file point into the inflated stream, not the file: only
     # pydicom's own end-of-data warnings tell truncation there.
     deflated = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == _DEFLATED
-    if _is_truncated(ds, None if deflated else size, caught):
+    if _is_truncated(ds, None if deflated else size, messages):
         raise Rejected("truncated_image", "the DICOM file ends before its data does (it was cut short)")
 
     # --- clinical allow-list and burned-in text --------------------------------------------------
@@ -282,9 +320,9 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
 # --- reading checks ---------------------------------------------------------------------------------
 
 
-def _is_truncated(ds: Any, size: int | None, caught: list) -> bool:
+def _is_truncated(ds: Any, size: int | None, messages: list[str]) -> bool:
     """pydicom reads a cut-short file without complaint; find the element that runs past the end."""
-    if any("End of file reached" in str(w.message) or "before delimiter" in str(w.message) for w in caught):
+    if any("End of file reached" in m or "before delimiter" in m for m in messages):
         return True
     if size is None:
         return False

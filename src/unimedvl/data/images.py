@@ -197,10 +197,23 @@ def window(
         lo, hi = np.percentile(finite, percentiles)
     if hi <= lo:
         hi = lo + 1.0
-    scaled = np.clip((np.nan_to_num(v, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
-    if keep16:
-        return np.round(scaled * 65535).astype(np.uint16)
-    return np.round(scaled * 255).astype(np.uint8)
+    # The same operations as `round(clip((v - lo) / (hi - lo), 0, 1) * top)`, in one buffer: each
+    # full-size temporary costs a pass over memory. In place only where numpy's result type is the
+    # buffer's own (lo, hi from percentiles are float64 and make the buffer float64), so the values
+    # are bit-identical to the expression.
+    scaled = np.subtract(without_nan(v, nan=lo), lo)
+    span = hi - lo
+    scaled = np.divide(scaled, span, out=scaled) if np.result_type(scaled, span) == scaled.dtype else scaled / span
+    np.clip(scaled, 0.0, 1.0, out=scaled)
+    np.multiply(scaled, 65535 if keep16 else 255, out=scaled)
+    np.round(scaled, out=scaled)
+    return scaled.astype(np.uint16 if keep16 else np.uint8)
+
+
+def without_nan(v: np.ndarray, nan: float = 0.0) -> np.ndarray:
+    """`np.nan_to_num(v, nan=nan)`: the same values, but `v` itself when every value is finite (the
+    usual case), which saves nan_to_num's copy and its three passes for NaN, +inf and -inf."""
+    return v if np.isfinite(v).all() else np.nan_to_num(v, nan=nan)
 
 
 def encode_png(arr: np.ndarray, path: str = "") -> Image:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import io
 import sys
 import time
@@ -54,6 +56,35 @@ def ingest(
     console: Console | None = None,
 ) -> IngestResult:
     """Ingest every source into one data set at `output`. Library entry of CLI, DVC and KFP."""
+    with _old_objects_frozen():
+        return _ingest(specs, output, cfg, key=key, console=console)
+
+
+@contextlib.contextmanager
+def _old_objects_frozen():
+    """Keep the objects that exist before the run (imported libraries: pydicom, pyarrow, numpy...)
+    out of the cyclic collector's full passes while it runs: the run allocates enough containers
+    to trigger ~250 collections, and each full one re-scanned them all (~0.17 s of a 4.5 s packaged
+    ingest). They are handed back (gc.unfreeze) afterwards, so nothing is kept alive for good. A
+    caller that froze objects itself keeps its own setting."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _ingest(
+    specs: list[SourceSpec],
+    output: Path,
+    cfg: IngestConfig,
+    *,
+    key: bytes | None,
+    console: Console | None,
+) -> IngestResult:
     console = console or Console(stderr=True)
     resolved = resolve_specs(specs)
     images.set_max_pixels(cfg.max_pixels, cfg.max_decoded_bytes)
@@ -76,7 +107,8 @@ def ingest(
                 ctx.on_unit = lambda n, task=task: progress.advance(task, n)
             for item in _guarded(module, root, ctx):
                 writer.add(spec.name, item)
-                progress.update(task, advance=0 if by_units else 1, quarantined=counts.quarantined)
+                if not progress.disable:  # no bar (not a terminal): nothing to update per item
+                    progress.update(task, advance=0 if by_units else 1, quarantined=counts.quarantined)
             if total is not None:
                 progress.update(task, completed=total)
             if not console.is_terminal:

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import hmac
 import os
+import pickle
 import secrets
 import sys
 from dataclasses import dataclass
@@ -119,11 +120,40 @@ def _scrub_value(value: Any, touched: list[str]) -> Any:
         out = {}
         for k, v in value.items():
             key = _scrub_value(k, touched) if isinstance(k, str) else k
-            out[key] = v if v is None or isinstance(v, bool | int | float) else _scrub_value(v, touched)
+            if v is None or isinstance(v, bool | int | float):
+                out[key] = v
+            elif isinstance(v, dict | list) and v:
+                out[key] = _scrub_container(v, touched)
+            else:
+                out[key] = _scrub_value(v, touched)
         return out
     if isinstance(value, list | tuple):
         return [v if v is None or isinstance(v, bool | int | float) else _scrub_value(v, touched) for v in value]
     return value
+
+
+def _scrub_container(value: dict | list, touched: list[str]) -> Any:
+    """`_scrub_value` of a dict or list inside a dict, memoised: the records of one image or report
+    share such values (the image's metadata, MeSH terms). The cache is keyed on the pickled value
+    (types, order and content, never object identity) and hands out a fresh unpickled copy, so no
+    two records share a mutable object. A value pickle cannot take goes the uncached way."""
+    try:
+        blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - unpicklable or nested too deeply: the plain walk decides
+        return _scrub_value(value, touched)
+    if len(blob) > 16384:
+        return _scrub_value(value, touched)
+    scrubbed, t = _scrub_pickled(blob)
+    if t:
+        touched += t
+    return pickle.loads(scrubbed)
+
+
+@functools.lru_cache(maxsize=1 << 13)
+def _scrub_pickled(blob: bytes) -> tuple[bytes, tuple[str, ...]]:
+    touched: list[str] = []
+    out = _scrub_value(pickle.loads(blob), touched)  # our own bytes, pickled just above
+    return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL), tuple(touched)
 
 
 _LETTERS = str.maketrans("0123456789abcdef", "ghijklmnopqrstuv")

@@ -99,6 +99,15 @@ class Record:
             out.append(f"{placeholders} {IMAGE_TOKEN} placeholders for {len(self.input_img)} input images")
         return out
 
+    def labels_json(self) -> str | None:
+        """The labels as stored (sorted keys, non-ASCII escaped), serialised once per record: the
+        text check and the row both need them (re-serialised if `labels` is reassigned)."""
+        cached = self.__dict__.get("_labels_json")
+        if cached is None or cached[0] is not self.labels:
+            text = None if self.labels is None else json.dumps(self.labels, sort_keys=True)
+            cached = self.__dict__["_labels_json"] = (self.labels, text)
+        return cached[1]
+
     def to_row(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -112,7 +121,7 @@ class Record:
             "source_uri": self.source_uri,
             "patient_key": self.patient_key,
             "phi_removed": sorted(set(self.phi_removed)),
-            "labels": None if self.labels is None else json.dumps(self.labels, sort_keys=True),
+            "labels": self.labels_json(),
             "message": [t.to_json() for t in self.message],
             "input_img": [_image_row(i) for i in self.input_img],
             "output_img": [_image_row(i) for i in self.output_img],
@@ -264,7 +273,10 @@ def text_problem(rec: Record) -> str | None:
     """Why `rec` holds text that is not well-formed UTF-8 (None when every string encodes)."""
     strings = [rec.id, rec.dataset, rec.license, rec.source_uri, rec.lang, *rec.phi_removed,
                *(t.value for t in rec.message), *(i.path for i in rec.input_img + rec.output_img)]
-    if rec.labels is not None:
+    # The stored labels are ASCII JSON, where every surrogate (paired or lone) reads `\udXXX`:
+    # without one the labels are clean; with one the unescaped text decides.
+    labels = rec.labels_json()
+    if labels is not None and "\\ud" in labels:
         strings.append(json.dumps(rec.labels, ensure_ascii=False))
     if not is_utf8("\x00".join(strings)):
         return "a text field holds a lone surrogate (not well-formed UTF-8)"

@@ -294,13 +294,22 @@ class _Candidate:
     compressed: bool
     order: int
     sop_key: str | None = None  # keyed (SOP instance, rows, columns, frames): same object, any encoding
+    opened: Any = None  # dicom_io.Opened: the file parsed once, handed to read_dicom (then dropped)
 
     def rank(self) -> tuple:
         return (self.lossy, self.compressed, self.order, self.item)
 
 
-def dicom_candidates(keyed: Keyed | None = None) -> tuple[list[_Candidate], list[str]]:
-    """Every DICOM file in the packages (*.dcm, or DICM after the preamble), originals first."""
+# Files up to this size are parsed once, whole, and the dataset waits for read_dicom; a larger one
+# gets a header-only pre-read and is parsed again there, so the candidates never hold big pixel data.
+KEEP_PARSED_BYTES = 1 << 20
+
+
+def dicom_candidates(keyed: Keyed | None = None, *, keep_parsed: bool = False) -> tuple[list[_Candidate], list[str]]:
+    """Every DICOM file in the packages (*.dcm, or DICM after the preamble), originals first.
+
+    With `keep_parsed` (ingest), files up to KEEP_PARSED_BYTES keep their parsed dataset
+    (`_Candidate.opened`), so ingest parses each of them once."""
     out, missing = [], []
     for order, (pkg, sub, prefix, lic) in enumerate(DICOM_ROOTS):
         base = package_dir(pkg)
@@ -314,9 +323,19 @@ def dicom_candidates(keyed: Keyed | None = None) -> tuple[list[_Candidate], list
                 continue
             if p.suffix.lower() != ".dcm" and not (p.suffix == "" and _has_dicm(p)):
                 continue
-            lossy, compressed, sop_key = _encoding_history(p, keyed)
+            opened = None
+            if keep_parsed and p.stat().st_size <= KEEP_PARSED_BYTES:
+                from ..dicom_io import open_dicom
+
+                opened = open_dicom(p)
+            if opened is not None and opened.ds is not None and len(opened.ds) and not opened.messages:
+                lossy, compressed, sop_key = _history(opened.ds, keyed)
+            else:
+                # Not parsed, or the whole parse warned (a file cut short can come back as an empty
+                # dataset): the header-only read orders it, as for every file before.
+                lossy, compressed, sop_key = _encoding_history(p, keyed)
             out.append(_Candidate(p, f"{prefix}/{p.relative_to(folder).as_posix()}", prefix.split("/")[0],
-                                  LICENSES[lic], lossy, compressed, order, sop_key))
+                                  LICENSES[lic], lossy, compressed, order, sop_key, opened))
     out.sort(key=_Candidate.rank)
     return out, missing
 
@@ -342,6 +361,16 @@ def _encoding_history(p: Path, keyed: Keyed | None) -> tuple[bool, bool, str | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=tags)
+    except Exception:  # noqa: BLE001 - read_dicom will quarantine it with the proper reason
+        return True, True, None
+    return _history(ds, keyed)
+
+
+def _history(ds: Any, keyed: Keyed | None) -> tuple[bool, bool, str | None]:
+    """`_encoding_history`'s values from a dataset already read (whole or header-only)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
             sop = str(ds.get("SOPInstanceUID", "") or "").strip()
             dims = [str(ds.get(k, "") or "") for k in ("Rows", "Columns", "NumberOfFrames")]
@@ -370,11 +399,12 @@ def _dicom_shots(ctx: Context, shots: Shots) -> Iterator[Item]:
         return
     from ..dicom_io import read_dicom
 
-    candidates, missing = dicom_candidates(ctx.keyed)
+    candidates, missing = dicom_candidates(ctx.keyed, keep_parsed=True)
     for name in missing:
         yield ctx.reject(name, "missing_file", f"the package {name!r} is not installed: {INSTALL_HINT}")
     dedupe = _Dedupe()
     for cand in candidates:
+        opened, cand.opened = cand.opened, None  # used at most once (read_dicom scrubs it in place)
         if cand.item in CURATED_DICOM:
             yield ctx.reject(cand.item, *CURATED_DICOM[cand.item])
             continue
@@ -382,7 +412,8 @@ def _dicom_shots(ctx: Context, shots: Shots) -> Iterator[Item]:
             yield ctx.reject(cand.item, "duplicate_encoding", f"{_safe(first)} was taken already and {_SAME}")
             continue
         try:
-            img = read_dicom(cand.path, ctx.keyed, ctx.cfg, max_frames=ctx.cfg.packaged.frames_per_series)
+            img = read_dicom(cand.path, ctx.keyed, ctx.cfg, max_frames=ctx.cfg.packaged.frames_per_series, opened=opened)
+            opened = None
             made = _dicom_images(cand, img, shots, dedupe)
         except Rejected as e:
             yield ctx.rejected(cand.item, e)
@@ -534,13 +565,13 @@ def _volume_images(ctx: Context, entry: VolumeEntry, item: str, data: np.ndarray
         raise ValueError(f"expected a 3D or 4D volume, got shape {data.shape}")
     keep16 = bool(cfg.keep_16bit) and data.dtype not in (np.uint8, np.int8)
     ref = data[..., frames[0]] if frames[0] is not None else data
-    ref = np.nan_to_num(np.asarray(ref, dtype=np.float32))
+    ref = images.without_nan(np.asarray(ref, dtype=np.float32))
     pos = positions.get(entry.slices_from or "") or _slice_positions(
         ref, cfg.packaged.planes, cfg.packaged.slices_per_volume, symmetric=entry.symmetric)
     positions[entry.rel] = pos
     out: list[Shot] = []
     for t in frames:
-        vol = ref if t == frames[0] else np.nan_to_num(np.asarray(data[..., t], dtype=np.float32))
+        vol = ref if t == frames[0] else images.without_nan(np.asarray(data[..., t], dtype=np.float32))
         lo, hi = entry.value_range or _robust_range(vol)
         for plane in cfg.packaged.planes:
             for k in pos.get(plane, []):
@@ -570,7 +601,7 @@ def _series_images(ctx: Context, entry: VolumeEntry, item: str, data: np.ndarray
                    zooms: tuple[float, ...]) -> list[Shot]:
     """A stack of repeated acquisitions of one slice (plane not documented): each one is an image."""
     keep16 = bool(ctx.cfg.keep_16bit) and data.dtype not in (np.uint8, np.int8)
-    vol = np.nan_to_num(np.asarray(data, dtype=np.float32))
+    vol = images.without_nan(np.asarray(data, dtype=np.float32))
     lo, hi = entry.value_range or _robust_range(vol)
     out: list[Shot] = []
     for i in images.evenly_spaced(data.shape[2], ctx.cfg.packaged.frames_per_series):
@@ -589,7 +620,9 @@ def _series_images(ctx: Context, entry: VolumeEntry, item: str, data: np.ndarray
 
 
 def _robust_range(vol: np.ndarray) -> tuple[float, float]:
-    finite = vol[np.isfinite(vol)]
+    flat = vol.reshape(-1)
+    mask = np.isfinite(flat)
+    finite = flat if mask.all() else flat[mask]  # no copy of the whole volume when all of it is finite
     if finite.size == 0:
         return 0.0, 1.0
     sample = finite[:: max(1, finite.size // 2_000_000)]

@@ -179,13 +179,15 @@ def iter_reports(ctx: Context) -> Iterator[Item]:
 
 def _read_members(blob: bytes) -> list[tuple[str, bytes | None]]:
     """Every `*.xml` member of the archive, in a stable order (1.xml, 2.xml, ..., 10.xml, ...)."""
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".xml")]
-        members.sort(key=lambda m: (len(m.name), m.name))
-        out = []
-        for m in members:
-            fh = tar.extractfile(m)
-            out.append((m.name, fh.read() if fh is not None else None))
+    # One forward pass over the stream ("r|gz"): listing the members first and then extracting them
+    # seeks back in the gzip stream, which inflates the whole archive a second time.
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r|gz") as tar:
+        for m in tar:
+            if m.isfile() and m.name.endswith(".xml"):
+                fh = tar.extractfile(m)
+                out.append((m.name, fh.read() if fh is not None else None))
+    out.sort(key=lambda entry: (len(entry[0]), entry[0]))
     return out
 
 
