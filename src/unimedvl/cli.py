@@ -12,6 +12,7 @@ from rich.console import Console
 from .config import ParamsError, SourceSpec, load_params
 from .data.sources import SOURCES, UnknownSource, get_source
 from .model.cli import model_app
+from .pipeline.cli import pipeline_app
 
 app = typer.Typer(
     name="unimedvl",
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(model_app, name="model")
+app.add_typer(pipeline_app, name="pipeline")
 err = Console(stderr=True)
 
 

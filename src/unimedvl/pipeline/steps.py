@@ -1,0 +1,166 @@
+"""What a KFP component does between its artefacts and the step's library function.
+
+Each component body is one call into this module; each function here is one call into the library
+function the CLI verb and the DVC stage call (`data.ingest.ingest`, `qc.run_qc`,
+`train.stages.run_stage`), plus the KFP bookkeeping: the run id in the environment, params from the
+form, `Output[Metrics]` values (and a file at `metrics.path`, without which KFP never caches the task),
+a self-contained HTML report.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .params import effective, resolve
+
+
+def enter_run(run_id: str) -> None:
+    """One MLflow parent run per pipeline run: its key is the KFP run id (DESIGN section 2)."""
+    if run_id:
+        os.environ["UNIMEDVL_RUN_ID"] = run_id
+        os.environ["KFP_RUN_ID"] = run_id  # what unimedvl.train.tracking.pipeline_key reads
+
+
+def write_metrics(metrics, values: dict[str, Any]) -> dict[str, float]:
+    """Log every finite number of `values` (flattened, dotted keys) on a KFP Metrics artefact and write
+    them to `metrics.path` too."""
+    from .params import flatten
+
+    flat = {k: float(v) for k, v in flatten(values).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    for k, v in sorted(flat.items()):
+        metrics.log_metric(k, v)
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics.path).write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n")
+    return flat
+
+
+def inline_html(index: Path) -> str:
+    """The report's index.html with its figures embedded, so the KFP UI renders it as one file."""
+    page = index.read_text(encoding="utf-8")
+
+    def embed(m: re.Match) -> str:
+        path = index.parent / m.group(2)
+        if not path.is_file():
+            return m.group(0)
+        return f'{m.group(1)}"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"'
+
+    return re.sub(r"""(src=)["']([^"':]+\.png)["']""", embed, page)
+
+
+def ingest_step(dataset, metrics, values: dict[str, Any], params_override: str, data_version: str, data_repo: str,
+                run_id: str) -> dict[str, Any]:
+    """ingest: the shards of `ingest.sources` (as `dvc repro`), or `data/ingest` at git rev `data_version`."""
+    from ..data.ingest import ingest
+    from ..data.shards import read_manifest
+    from .data_version import fetch_output
+
+    enter_run(run_id)
+    out = Path(dataset.path)
+    if data_version:
+        fetch_output(data_repo, data_version, "data/ingest", out)
+    else:
+        cfg = effective(resolve(values, params_override)).ingest
+        ingest(list(cfg.sources), out, cfg)
+    manifest = read_manifest(out)
+    dataset.metadata.update({"data_version": data_version or "ingested", "records": manifest.get("accepted")})
+    write_metrics(metrics, {k: manifest.get(k) for k in ("accepted", "quarantined", "seen", "distinct_images")})
+    return manifest
+
+
+def qc_step(ingested: str, dataset, report, metrics, values: dict[str, Any], params_override: str,
+            data_version: str, data_repo: str, run_id: str) -> dict[str, Any]:
+    """qc: `run_qc` on the ingested shards, or `data/qc` + its report at git rev `data_version`."""
+    import tempfile
+
+    from ..qc import run_qc
+    from .data_version import fetch_output
+
+    enter_run(run_id)
+    out = Path(dataset.path)
+    with tempfile.TemporaryDirectory(prefix="unimedvl-qc-") as tmp:
+        report_dir, metrics_json = Path(tmp) / "report", Path(tmp) / "metrics.json"
+        if data_version:
+            fetch_output(data_repo, data_version, "data/qc", out)
+            fetch_output(data_repo, data_version, "qc/report", report_dir)
+            fetch_output(data_repo, data_version, "qc/metrics.json", metrics_json)
+            m = json.loads(metrics_json.read_text())
+        else:
+            cfg = effective(resolve(values, params_override)).qc
+            m = run_qc(ingested, out, cfg, report_dir=report_dir, metrics_path=metrics_json)
+        Path(report.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report.path).write_text(inline_html(report_dir / "index.html"), encoding="utf-8")
+    dataset.metadata.update({"data_version": data_version or "qc", "records": m.get("accepted")})
+    write_metrics(metrics, {k: m.get(k) for k in ("seen", "accepted", "quarantined", "quarantined_fraction", "ge", "dedup")})
+    return m
+
+
+def train_step(stage: str, data: str, previous: str | None, model, metrics, values: dict[str, Any],
+               params_override: str, run_id: str, *, executor: str = "local", image: str = "",
+               ablation: bool = False) -> dict[str, Any]:
+    """tokenizer / autoencoder / stage1-3: `run_stage` here, or (stage1-3, executor `rayjob`) in a
+    KubeRay RayJob that returns its checkpoint on S3."""
+    from ..train.stages import run_stage
+
+    enter_run(run_id)
+    params = resolve(values, params_override)
+    if ablation:
+        # The synergy ablation: the same stage with the ablation mixture (pipeline.ablation).
+        ab = params.pipeline.ablation
+        params = resolve(values, _yaml({ab.stage: {"mixture": ab.mixture}}) + "\n" + (params_override or ""))
+    out = Path(model.path)
+    if executor == "rayjob" and stage.startswith("stage"):
+        from .rayjob import run_stage_on_ray
+
+        summary = run_stage_on_ray(stage, data, previous, model.uri, params, image=image, run_id=run_id,
+                                   params_override=params_override, values=values)
+    else:
+        ckpt = out.parent / f".{out.name}-checkpoints"  # beside the artefact: a retried task resumes
+        summary = run_stage(stage, data, out, params, prev_dir=previous, progress=False,
+                            checkpoint_dir=ckpt if stage.startswith("stage") else None,
+                            metrics_path=out.parent / f".{out.name}.metrics.json")
+        shutil.rmtree(ckpt, ignore_errors=True)
+    model.metadata.update({"stage": stage, "profile": params.train.profile, "ablation": ablation,
+                           **({"run_id": summary["run_id"]} if summary.get("run_id") else {})})
+    write_metrics(metrics, {k: summary.get(k) for k in ("steps", "heldout_start", "heldout_end", "vocab_size", "wall_s",
+                                                        "latent_scale", "latent_shift")})
+    return summary
+
+
+def _yaml(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def close_run(run_id: str, status: str = "FINISHED") -> str | None:
+    """The ExitHandler's step: end the pipeline's MLflow parent run (found by its key, the KFP run id)."""
+    from ..config import load_params
+    from ..train.tracking import PIPELINE_KEY_TAG, PARENT_TAG, tracking_uri
+    from .params import params_file
+
+    enter_run(run_id)
+    params = load_params(params_file())
+    if not params.tracking.enabled:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from ..train.tracking import pipeline_key
+
+    client = MlflowClient(tracking_uri=tracking_uri(params.tracking.uri))
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    if exp is None:
+        return None
+    key = pipeline_key(".")
+    for r in client.search_runs([exp.experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=50):
+        if PARENT_TAG not in r.data.tags:
+            client.set_terminated(r.info.run_id, status)
+            return r.info.run_id
+    return None
