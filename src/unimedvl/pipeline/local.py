@@ -38,11 +38,18 @@ def run_local(pipeline_root: str | Path, arguments: dict[str, Any] | None = None
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     # Components read params.yaml from here: the one given, else this repository's.
+    saved = os.environ.get("UNIMEDVL_PARAMS")
     os.environ["UNIMEDVL_PARAMS"] = str(Path(params or repo_root() / "params.yaml").resolve())
     before = {p.name for p in root.iterdir()}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     t0 = time.perf_counter()
-    pipeline(**{"pipeline_train_executor": "local", **(arguments or {})})
+    try:
+        pipeline(**{"pipeline_train_executor": "local", **(arguments or {})})
+    finally:
+        if saved is None:
+            os.environ.pop("UNIMEDVL_PARAMS", None)
+        else:
+            os.environ["UNIMEDVL_PARAMS"] = saved
     new = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir()), key=lambda p: p.stat().st_mtime)
     if not new:
         raise RuntimeError(f"kfp.local wrote no run folder under {root}")
