@@ -15,8 +15,11 @@ from kfp import dsl, kubernetes
 import components as C
 from components._base import IMAGE, PARAMS
 from unimedvl.pipeline.params import defaults
+from unimedvl.storage import S3Settings
 
 P = PARAMS.pipeline
+# The one S3 settings object (storage:); env={} keeps the compiled YAML independent of this shell.
+ROOT = S3Settings.from_config(PARAMS.storage, env={}).pipeline_root
 FORM = ["train_profile", "ingest_phantom_count", "autoencoder_steps", "stage1_steps", "stage1_lr", "stage2_steps",
         "stage2_lr", "stage3_steps", "stage3_lr", "pipeline_gpus_stage1",
         "pipeline_gpus_stage2", "pipeline_gpus_stage3", "pipeline_image_tag", "pipeline_train_executor"]
@@ -67,7 +70,7 @@ def _dag(form: dict[str, Any]) -> dict[str, dsl.PipelineTask]:
 @dsl.pipeline(name=P.name, display_name="UniMedVL: medical data to a promoted model",
               description="ingest -> qc -> tokenizer -> autoencoder -> stage1-3 of the UniMedVL curriculum "
                           "(the same steps and code as `dvc repro`), MLflow-tracked; reports and metrics on each node.",
-              pipeline_root=P.pipeline_root)
+              pipeline_root=ROOT)
 def unimedvl(
     data_version: str = "",
     train_profile: str = D["train_profile"],

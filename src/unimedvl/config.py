@@ -299,13 +299,12 @@ class PipelineAblationConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    """The compiled Kubeflow pipeline: images, storage, GPUs, retries, schedule."""
+    """The compiled Kubeflow pipeline: images, GPUs, retries, schedule (its root is `storage`'s pipelines bucket)."""
 
     name: str = "unimedvl"
     image: str = "ghcr.io/unimedvl/unimedvl-cpu"  # CPU steps; tag = image_tag
     gpu_image: str = "ghcr.io/unimedvl/unimedvl-gpu"  # training steps and the RayJobs
     image_tag: str = "0.1.0"
-    pipeline_root: str = "s3://unimedvl-pipelines/root"
     train_executor: str = "rayjob"  # rayjob (KubeRay on the cluster) | local (in the step's own process)
     data_repo: str = ""  # git URL that data_version refers to ("" = the repository holding params.yaml)
     gpus: dict[str, int] = {"autoencoder": 1, "stage1": 1, "stage2": 1, "stage3": 1}
@@ -325,6 +324,44 @@ class PipelineConfig(_Strict):
         return v
 
 
+class StorageBucketsConfig(_Strict):
+    """The four buckets of the cluster path (created by infra/base/minio/buckets-job.yaml)."""
+
+    dvc: str = "unimedvl-dvc"              # the DVC remote `s3`
+    mlflow: str = "unimedvl-mlflow"        # MLflow artefacts (--artifacts-destination)
+    pipelines: str = "unimedvl-pipelines"  # the KFP pipeline root
+    models: str = "unimedvl-models"        # promoted model folders, read by KServe
+
+    @field_validator("dvc", "mlflow", "pipelines", "models")
+    @classmethod
+    def _bucket(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v):
+            raise ValueError(f"{v!r} is not an S3 bucket name (3-63 of a-z 0-9 . -, no leading/trailing . or -)")
+        return v
+
+
+class StorageConfig(_Strict):
+    """One set of S3 settings for DVC, MLflow, the KFP pipeline root and the models bucket.
+
+    Credentials are never here: env AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. The endpoint: env
+    AWS_ENDPOINT_URL, else MLFLOW_S3_ENDPOINT_URL, else `endpoint` (see unimedvl.storage).
+    """
+
+    endpoint: str = "http://minio:9000"
+    region: str = "us-east-1"
+    buckets: StorageBucketsConfig = StorageBucketsConfig()
+    dvc_prefix: str = "dvc"  # the DVC remote is s3://<buckets.dvc>/<dvc_prefix>
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint {v!r} needs a scheme: http://host:port or https://host")
+        return v.rstrip("/")
+
+
 class Params(_Strict):
     ingest: IngestConfig = IngestConfig()
     qc: QCConfig = QCConfig()
@@ -336,6 +373,7 @@ class Params(_Strict):
     stage3: StageConfig = StageConfig()
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    storage: StorageConfig = StorageConfig()
     # Named overrides of the sections above (e.g. `smoke`); see unimedvl.train.stages.resolve_params.
     profiles: dict[str, dict[str, Any]] = {}
 
