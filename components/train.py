@@ -15,7 +15,7 @@ def tokenizer(data: Input[Dataset], model: Output[Model], metrics: Output[Metric
     """Byte-level BPE on the training split's text."""
     from unimedvl.pipeline.steps import train_step
 
-    train_step("tokenizer", data.path, None, model, metrics,
+    train_step("tokenizer", data, None, model, metrics,
                dict(tokenizer_vocab_size=tokenizer_vocab_size, train_profile=train_profile), params_override, run_id)
 
 
@@ -26,7 +26,7 @@ def autoencoder(data: Input[Dataset], previous: Input[Model], model: Output[Mode
     """Fit the generation autoencoder (frozen afterwards) and build the full model around it."""
     from unimedvl.pipeline.steps import train_step
 
-    train_step("autoencoder", data.path, previous.path, model, metrics,
+    train_step("autoencoder", data, previous, model, metrics,
                dict(autoencoder_steps=autoencoder_steps, autoencoder_lr=autoencoder_lr, train_profile=train_profile),
                params_override, run_id)
 
@@ -39,7 +39,7 @@ def stage1(data: Input[Dataset], previous: Input[Model], model: Output[Model], m
     """Curriculum stage 1: foundation training (Ray Train)."""
     from unimedvl.pipeline.steps import train_step
 
-    train_step("stage1", data.path, previous.path, model, metrics,
+    train_step("stage1", data, previous, model, metrics,
                dict(stage1_steps=stage1_steps, stage1_lr=stage1_lr, train_profile=train_profile,
                     pipeline_gpus_stage1=pipeline_gpus_stage1),
                params_override, run_id, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}")
@@ -53,7 +53,7 @@ def stage2(data: Input[Dataset], previous: Input[Model], model: Output[Model], m
     """Curriculum stage 2: instruction tuning (Ray Train)."""
     from unimedvl.pipeline.steps import train_step
 
-    train_step("stage2", data.path, previous.path, model, metrics,
+    train_step("stage2", data, previous, model, metrics,
                dict(stage2_steps=stage2_steps, stage2_lr=stage2_lr, train_profile=train_profile,
                     pipeline_gpus_stage2=pipeline_gpus_stage2),
                params_override, run_id, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}")
@@ -67,7 +67,7 @@ def stage3(data: Input[Dataset], previous: Input[Model], model: Output[Model], m
     """Curriculum stage 3: unified multimodal training (Ray Train)."""
     from unimedvl.pipeline.steps import train_step
 
-    train_step("stage3", data.path, previous.path, model, metrics,
+    train_step("stage3", data, previous, model, metrics,
                dict(stage3_steps=stage3_steps, stage3_lr=stage3_lr, train_profile=train_profile,
                     pipeline_gpus_stage3=pipeline_gpus_stage3),
                params_override, run_id, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}")
@@ -82,7 +82,7 @@ def ablation(data: Input[Dataset], previous: Input[Model], model: Output[Model],
     so evaluation can compare what generation data adds to understanding."""
     from unimedvl.pipeline.steps import train_step
 
-    train_step("stage3", data.path, previous.path, model, metrics,
+    train_step("stage3", data, previous, model, metrics,
                dict(stage3_steps=stage3_steps, stage3_lr=stage3_lr, train_profile=train_profile,
                     pipeline_gpus_stage3=pipeline_gpus_stage3),
                params_override, run_id, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}",

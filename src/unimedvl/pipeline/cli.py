@@ -93,3 +93,20 @@ def submit_cmd(
         _fail(str(e))
     for k, v in out.items():
         typer.echo(f"{k}: {v}")
+
+
+@pipeline_app.command("sync")
+def sync_cmd(
+    src: Annotated[str, typer.Argument(help="s3://bucket/prefix or a local file/folder.")],
+    dst: Annotated[str, typer.Argument(help="A local folder/file or s3://bucket/prefix.")],
+) -> None:
+    """Copy a folder or file between S3 and this machine (the RayJob entrypoint's data movement).
+    Uploads are read back and checked (size, sha256) by unimedvl.storage."""
+    from ..storage import StorageError
+    from .sync import sync
+
+    try:
+        n = sync(src, dst)
+    except StorageError as e:
+        _fail(str(e))
+    typer.echo(f"copied {n} file(s) {src} -> {dst}")

@@ -102,11 +102,11 @@ def qc_step(ingested: str, dataset, report, metrics, values: dict[str, Any], par
     return m
 
 
-def train_step(stage: str, data: str, previous: str | None, model, metrics, values: dict[str, Any],
-               params_override: str, run_id: str, *, executor: str = "local", image: str = "",
-               ablation: bool = False) -> dict[str, Any]:
-    """tokenizer / autoencoder / stage1-3: `run_stage` here, or (stage1-3, executor `rayjob`) in a
-    KubeRay RayJob that returns its checkpoint on S3."""
+def train_step(stage: str, data, previous, model, metrics, values: dict[str, Any], params_override: str,
+               run_id: str, *, executor: str = "local", image: str = "", ablation: bool = False) -> dict[str, Any]:
+    """tokenizer / autoencoder / stage1-3 (`data`, `previous`: input artefacts; `previous` None for the
+    tokenizer): `run_stage` here, or, for stage1-3 with executor `rayjob`, in a KubeRay RayJob that
+    leaves the checkpoint at the Model artefact's s3:// URI."""
     from ..train.stages import run_stage
 
     enter_run(run_id)
@@ -119,16 +119,19 @@ def train_step(stage: str, data: str, previous: str | None, model, metrics, valu
     if executor == "rayjob" and stage.startswith("stage"):
         from .rayjob import run_stage_on_ray
 
-        summary = run_stage_on_ray(stage, data, previous, model.uri, params, image=image, run_id=run_id,
-                                   params_override=params_override, values=values)
+        summary = run_stage_on_ray(stage, data.uri, previous.uri, model.uri, params, image=image, run_id=run_id,
+                                   ablation=ablation)
+        # The RayJob wrote the folder to the artefact's URI; the launcher uploads nothing over it.
+        out.mkdir(parents=True, exist_ok=True)
     else:
         ckpt = out.parent / f".{out.name}-checkpoints"  # beside the artefact: a retried task resumes
-        summary = run_stage(stage, data, out, params, prev_dir=previous, progress=False,
+        summary = run_stage(stage, data.path, out, params, prev_dir=previous.path if previous else None, progress=False,
                             checkpoint_dir=ckpt if stage.startswith("stage") else None,
                             metrics_path=out.parent / f".{out.name}.metrics.json")
         shutil.rmtree(ckpt, ignore_errors=True)
     model.metadata.update({"stage": stage, "profile": params.train.profile, "ablation": ablation,
-                           **({"run_id": summary["run_id"]} if summary.get("run_id") else {})})
+                           **({"run_id": summary["run_id"]} if summary.get("run_id") else {}),
+                           **({"rayjob": summary["rayjob"]} if summary.get("rayjob") else {})})
     write_metrics(metrics, {k: summary.get(k) for k in ("steps", "heldout_start", "heldout_end", "vocab_size", "wall_s",
                                                         "latent_scale", "latent_shift")})
     return summary
