@@ -152,3 +152,27 @@ def test_params_override_is_validated_by_the_typed_config():
         resolve({"stage1_lr": 0.0})
     with pytest.raises(ParamsError, match="unknown profile"):
         resolve({"train_profile": "nosuch"})
+
+
+def test_argo_variant_validates_against_the_workflow_crds_and_mirrors_dvc():
+    from unimedvl import manifests
+
+    wt_docs = manifests.load_docs(COMPILED / "argo-workflowtemplate.yaml")
+    cron_docs = manifests.load_docs(COMPILED / "argo-cronworkflow.yaml")
+    assert manifests.validate_all(wt_docs + cron_docs) == []
+    wt, cron = wt_docs[0], cron_docs[0]
+    assert (wt["kind"], cron["kind"]) == ("WorkflowTemplate", "CronWorkflow")
+    assert cron["spec"]["workflowSpec"]["workflowTemplateRef"]["name"] == wt["metadata"]["name"]
+    assert cron["spec"]["schedules"] == [yaml.safe_load((REPO / "params.yaml").read_text())["pipeline"]["schedule"]]
+    dag = next(t for t in wt["spec"]["templates"] if t["name"] == "pipeline")["dag"]["tasks"]
+    graph = {t["name"]: set(t.get("depends", "").replace("&&", " ").split()) for t in dag}
+    assert graph == dvc_graph()
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    by_name = {t["name"]: t for t in wt["spec"]["templates"]}
+    for name, st in stages.items():
+        assert by_name[name]["container"]["args"] == [st["cmd"]], name
+    gpu = by_name["stage1"]["container"]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1" and by_name["stage1"]["tolerations"]
+    # A wrong field is caught: the validation is live.
+    wt["spec"]["templates"][0]["retryStrategy"]["limit"] = {"bad": 1}
+    assert manifests.validate(wt)
