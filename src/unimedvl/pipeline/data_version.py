@@ -25,6 +25,7 @@ def fetch_output(repo: str, rev: str, path: str, dest: str | Path) -> Path:
     dest = Path(dest)
     try:
         fs = DVCFileSystem(repo, rev=rev)
+        fs.ls("/")  # the filesystem opens lazily: a bad repo or rev fails here, not as "path missing"
     except Exception as e:  # dvc raises scmrepo / NotDvcRepo errors with useful messages
         raise DataVersionError(f"cannot open {repo} at rev {rev!r}: {e}") from None
     if not fs.exists(path):
