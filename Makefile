@@ -40,3 +40,7 @@ clean:
 # The Kubeflow pipeline: regenerate the checked-in YAML (pipelines/compiled/) after changing a step.
 pipeline: setup
 	$(BIN)/unimedvl pipeline compile
+
+# Base image digests (components/images/lock.yaml) from the registry, via skopeo or crane.
+pin: setup
+	$(BIN)/python components/images/pin.py
