@@ -176,3 +176,16 @@ def test_argo_variant_validates_against_the_workflow_crds_and_mirrors_dvc():
     # A wrong field is caught: the validation is live.
     wt["spec"]["templates"][0]["retryStrategy"]["limit"] = {"bad": 1}
     assert manifests.validate(wt)
+
+
+def test_run_local_refuses_a_bad_override_before_running(tmp_path):
+    from typer.testing import CliRunner
+
+    from unimedvl.cli import app
+
+    bad = tmp_path / "o.yaml"
+    bad.write_text("stage1: {lr: -1}\n")
+    res = CliRunner().invoke(app, ["pipeline", "run-local", "--params-override", str(bad), "--root", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "stage1.lr" in res.output and not (tmp_path / "r").exists()
+    res = CliRunner().invoke(app, ["pipeline", "--help"])
+    assert res.exit_code == 0 and all(v in res.output for v in ("compile", "run-local", "submit", "sync"))
