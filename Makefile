@@ -22,8 +22,9 @@ $(TXV_WHEEL): $(VENV)/.installed
 	mkdir -p build/wheels
 	$(BIN)/python -m pip download --quiet --no-deps torchxrayvision==1.5.7 -d build/wheels
 
+# A fresh MLflow parent run per `make repro` (unimedvl.tracking); a bare `dvc repro` derives one.
 repro: setup
-	$(BIN)/dvc repro
+	UNIMEDVL_RUN_ID=$${UNIMEDVL_RUN_ID:-repro-$$(date -u +%Y%m%dT%H%M%SZ)-$$$$} $(BIN)/dvc repro
 
 test: setup
 	$(BIN)/pytest

@@ -10,4 +10,4 @@ def close_run(status: dsl.PipelineTaskFinalStatus, run_id: str = ""):
     """End the MLflow parent run of this pipeline run (key: the KFP run id) as FINISHED or FAILED."""
     from unimedvl.pipeline.steps import close_run as close
 
-    close(run_id, "FINISHED" if status.state in ("SUCCEEDED", "COMPLETE", "SKIPPED") else "FAILED")
+    close(run_id, failed=status.state not in ("SUCCEEDED", "COMPLETE", "SKIPPED"))

@@ -41,8 +41,7 @@ def _container(name: str, cmd: str) -> Container:
     image = P.gpu_image if name in GPU_STAGES else P.image
     limits = {P.gpu.resource: str(gpus)} if gpus else None
     env = [m.EnvVar(name="UNIMEDVL_PROFILE", value="{{workflow.parameters.train_profile}}"),
-           m.EnvVar(name="UNIMEDVL_RUN_ID", value="{{workflow.uid}}"),
-           m.EnvVar(name="KFP_RUN_ID", value="{{workflow.uid}}")]
+           m.EnvVar(name="UNIMEDVL_RUN_ID", value="{{workflow.uid}}")]
     if name == "ingest":
         env.append(m.EnvVar(name="UNIMEDVL_SECRET_KEY", value_from=m.EnvVarSource(
             secret_key_ref=m.SecretKeySelector(name=P.key_secret, key="UNIMEDVL_SECRET_KEY"))))

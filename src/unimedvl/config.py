@@ -138,6 +138,7 @@ class StageConfig(_Strict):
     min_lr_ratio: float | None = Field(None, ge=0, le=1)
     weight_decay: float | None = Field(None, ge=0)
     ema_decay: float | None = Field(None, ge=0, lt=1)
+    ema_schedule: str | None = None  # ramp: min(ema_decay, (1+n)/(10+n)) after n updates | constant
     grad_clip: float | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, gt=0)
     max_text_tokens: int | None = Field(None, gt=0)
@@ -169,12 +170,13 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(50, gt=0)
     checkpoint_dir: str = "build/checkpoints"  # outside DVC outputs: a re-run resumes from here
     heldout_samples: int = Field(8, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)  # step folders kept per stage run (older ones are pruned)
     log_every: int = Field(1, gt=0)
     grid_prompts: tuple[str, ...] = (
         "Generate an axial CT image.", "Generate a brain MRI image.",
         "Generate a chest X-ray image.", "Generate an ultrasound image.",
     )
-    grid_steps: int = Field(12, gt=0)
+    grid_steps: int = Field(12, ge=2)  # timesteps on the sampling grid (the reference's num_timesteps)
 
     @field_validator("backend")
     @classmethod
@@ -220,9 +222,9 @@ class QCAlignmentConfig(_Strict):
 
 
 class QCMlflowConfig(_Strict):
+    """Whether QC logs its child run; URI and experiment are the `tracking` section's (one experiment)."""
+
     enabled: bool = True
-    tracking_uri: str | None = None  # env MLFLOW_TRACKING_URI wins; null: sqlite:///mlflow.db (repo folder)
-    experiment: str = "unimedvl-qc"
 
 
 class QCConfig(_Strict):

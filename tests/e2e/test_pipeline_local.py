@@ -78,11 +78,16 @@ def test_run_local_model_folders_load_and_artefacts_render(kfp_run):
     # The exit handler closed the MLflow parent run of this KFP run; the stages' runs are its children.
     client = mlflow.tracking.MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("unimedvl")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`unimedvl.pipeline_key` LIKE 'kfp:%'")
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
-    assert {r.data.tags["unimedvl.stage"] for r in children} >= {"tokenizer", "autoencoder", "stage1", "stage2", "stage3"}
+    out = json.loads((run / "ingest" / "executor_output.json").read_text())
+    run_id = out["artifacts"]["dataset"]["artifacts"][0]["metadata"]["pipeline_run_id"]
+    assert run_id
+    for key, steps in ((run_id, {"qc", "tokenizer", "autoencoder", "stage1", "stage2", "stage3"}),
+                       (f"{run_id}:ablation", {"stage3"})):
+        parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`unimedvl.pipeline_key` = '{key}' and "
+                                     "tags.`unimedvl.role` = 'pipeline'")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED", (key, parents)
+        children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+        assert {r.data.tags["unimedvl.step"] for r in children} >= steps, key
 
 
 @pytest.mark.slow

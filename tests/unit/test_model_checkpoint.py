@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from unimedvl.model.checkpoint import Lineage, llm_config_json, load_model, save_model, vit_config_json
 from unimedvl.model.config import PRESETS, LLMConfig, ModelConfig, ViTConfig
-from unimedvl.model.unimedvl import build_model, main_state_dict
+from unimedvl.model.unimedvl import DEFAULT_SPECIAL, build_model, main_state_dict
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -98,7 +98,7 @@ def test_released_style_folder_loads_with_nothing_missing(tmp_path, preset):
     save_file({k: torch.randn(v.shape, generator=g) for k, v in ae.items()}, str(tmp_path / "ae.safetensors"))
     (tmp_path / "llm_config.json").write_text(json.dumps(llm))
     (tmp_path / "vit_config.json").write_text(json.dumps(vit))
-    model, report = load_model(tmp_path)
+    model, report = load_model(tmp_path, tokenizer=DEFAULT_SPECIAL)
     assert report.ok, report
     assert model.cfg.max_latent_size == 6  # read from the stored latent position table
     sd = model.state_dict()
@@ -115,7 +115,7 @@ def test_report_lists_missing_and_unexpected(tmp_path):
     sd.pop("llm2vae.bias")
     sd["extra.weight"] = torch.zeros(2)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "ema.safetensors"))
-    _, report = load_model(tmp_path)
+    _, report = load_model(tmp_path, tokenizer=DEFAULT_SPECIAL)
     assert report.missing == ["llm2vae.bias"] and report.unexpected == ["extra.weight"] and not report.ok
 
 
@@ -136,11 +136,11 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert files == ["ae.safetensors", "ema.safetensors", "lineage.json", "llm_config.json", "model.safetensors",
                      "unimedvl_config.json", "vit_config.json"]
-    raw, report = load_model(tmp_path / "ckpt", weights="model")
+    raw, report = load_model(tmp_path / "ckpt", weights="model", tokenizer=DEFAULT_SPECIAL)
     assert report.ok and raw.cfg == cfg
     for k, v in model.state_dict().items():
         assert torch.equal(raw.state_dict()[k], v), k
-    smoothed, report = load_model(tmp_path / "ckpt")
+    smoothed, report = load_model(tmp_path / "ckpt", tokenizer=DEFAULT_SPECIAL)
     assert torch.equal(smoothed.llm2vae.weight, ema.llm2vae.weight)
     assert report.lineage["git_commit"] == "deadbeef" and report.lineage["parent_checkpoint"] == "runs/stage1"
     assert set(report.lineage["files"]) == {"ae.safetensors", "ema.safetensors", "model.safetensors"}
@@ -148,3 +148,61 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     assert llm["num_key_value_heads"] == 2 and llm["vocab_size"] == 256
     vit = json.loads((tmp_path / "ckpt" / "vit_config.json").read_text())
     assert vit["num_hidden_layers"] == 2 and len(raw.vit_model.vision_model.encoder.layers) == 1
+
+
+def _tiny_folder(tmp_path, tokenizer=True):
+    from unimedvl.model.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["a chest x-ray", "a brain mri"] * 20, 300, tmp_path / "t.json") if tokenizer else None
+    from dataclasses import replace
+
+    cfg = PRESETS["tiny"].replace(llm=replace(PRESETS["tiny"].llm, vocab_size=tok.vocab_size if tok else 300))
+    torch.manual_seed(1)
+    model = build_model(cfg)
+    return save_model(model, tmp_path / "m", tokenizer=tok), model
+
+
+def test_folder_without_tokenizer_is_refused_naming_the_file(tmp_path):
+    from unimedvl.model.checkpoint import MissingTokenizer
+
+    folder, _ = _tiny_folder(tmp_path, tokenizer=False)
+    with pytest.raises(MissingTokenizer, match=r"m/tokenizer\.json does not exist"):
+        load_model(folder)
+    _, report = load_model(folder, tokenizer=DEFAULT_SPECIAL)  # the caller may vouch for the ids
+    assert report.ok
+
+
+def test_meta_build_loads_into_the_target_dtype_without_initialising(tmp_path, monkeypatch):
+    from unimedvl.model import unimedvl as um
+    from unimedvl.model.checkpoint import inspect_folder
+
+    folder, model = _tiny_folder(tmp_path)
+
+    def no_init(*a, **k):
+        raise AssertionError("loading must not run a random initialisation")
+
+    monkeypatch.setattr(um.UniMedVL, "init_weights", no_init)
+    loaded, report = load_model(folder, dtype=torch.bfloat16)
+    assert report.ok and inspect_folder(folder).ok
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert not any(p.is_meta for p in loaded.parameters())
+    ref = model.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, ref[k].to(torch.bfloat16)), k
+    # Frozen tables stay frozen after assign=True.
+    assert not loaded.latent_pos_embed.pos_embed.requires_grad and loaded.llm2vae.weight.requires_grad
+
+
+def test_table_sizes_come_from_the_stored_tensors(tmp_path):
+    """A folder whose ViT position table is larger than its ViT image size implies still loads cleanly."""
+    from unimedvl.model.checkpoint import inspect_folder
+
+    folder, model = _tiny_folder(tmp_path)
+    sd = main_state_dict(model)
+    h = model.cfg.llm.hidden_size
+    sd["vit_pos_embed.pos_embed"] = torch.randn(12 * 12, h)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "ema.safetensors"))
+    assert inspect_folder(folder).ok
+    loaded, report = load_model(folder)
+    assert report.ok and loaded.cfg.vit_max_num_patch_per_side == 12
+    assert torch.equal(loaded.vit_pos_embed.pos_embed, sd["vit_pos_embed.pos_embed"])

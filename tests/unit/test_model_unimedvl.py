@@ -73,8 +73,12 @@ def test_condition_dropout_only_touches_generation_samples():
     und = [VitImage(img), Text([5, 6]), Text([7, EOS], supervised=True)]
     rng = random.Random(0)
     kept = drop_conditions(gen, cfg, rng)
-    assert len(kept) == 1 and isinstance(kept[0], LatentImage) and kept[0].noised
+    # BAGEL: a dropped text vanishes, dropped image views keep their position slot.
+    assert [type(s).__name__ for s in kept] == ["Dropped", "Dropped", "LatentImage"] and kept[2].noised
+    assert pack([kept], cfg).position_ids.tolist() == [2] * 6  # 2x2 latent tokens + 2 markers
     assert drop_conditions(und, cfg, rng) == und
+    template = [Text([1, 2], template=True), LatentImage(image=img)]
+    assert drop_conditions(template, cfg, rng) == template  # chat-template pieces are never dropped
     none = PRESETS["tiny"].replace(text_cond_dropout=0.0, vit_cond_dropout=0.0, vae_cond_dropout=0.0)
     assert drop_conditions(gen, none, rng) == gen
 
@@ -125,4 +129,4 @@ def test_tiny_model_overfits_one_batch_then_samples():
 def test_image_size_must_fit_the_latent_grid():
     model = build_model(PRESETS["tiny"])
     with pytest.raises(ValueError, match="multiples of 16"):
-        model.generate_image([Text([1, 2])], height=40, width=48, num_steps=1)
+        model.generate_image([Text([1, 2])], height=40, width=48, num_steps=2)

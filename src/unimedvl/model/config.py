@@ -100,10 +100,13 @@ class ModelConfig:
     vit_cond_dropout: float = 0.05
     vae_cond_dropout: float = 0.05
     image_size: int = 64  # default generated image size in pixels
+    # Side of the frozen ViT position table (`vit_pos_embed`); None: the ViT's patches per side. A
+    # loaded folder sets it from the stored tensor, whatever the ViT image size says.
+    vit_pos_table_side: int | None = None
 
     @property
     def vit_max_num_patch_per_side(self) -> int:
-        return self.vit.patches_per_side
+        return self.vit_pos_table_side or self.vit.patches_per_side
 
     @property
     def patch_latent_dim(self) -> int:

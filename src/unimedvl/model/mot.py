@@ -268,11 +268,15 @@ class MoTDecoderLayer(nn.Module):
 
 @dataclass
 class KVCache:
-    """Keys and values (after rotary) of a context, per layer, for one sample."""
+    """Keys and values (after rotary) of a context, per layer: one sequence, or several packed end to
+    end (`owner`: which sequence each cached key belongs to; `next_positions`: each one's next rotary
+    position), so one forward serves a whole batch of prompts and their guidance branches."""
 
     keys: list[torch.Tensor | None] = field(default_factory=list)
     values: list[torch.Tensor | None] = field(default_factory=list)
     next_position: int = 0
+    owner: torch.Tensor | None = None
+    next_positions: list[int] = field(default_factory=list)
 
     @classmethod
     def empty(cls, num_layers: int) -> KVCache:
@@ -314,7 +318,9 @@ class MoTModel(nn.Module):
         """
         cos, sin = rotary_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        if cache is not None and len(cache) and isinstance(mask, torch.Tensor):
+        if cache is not None and len(cache) and isinstance(mask, torch.Tensor) and mask.shape[1] == x.shape[0]:
+            # A mask over the new tokens only: they see the whole (single-sequence) cache. Batched
+            # callers pass the full [new, cached + new] mask themselves.
             mask = torch.cat([mask.new_ones(mask.shape[0], len(cache)), mask], dim=1)
         for i, layer in enumerate(self.layers):
             past = cache.layer(i) if cache is not None else None

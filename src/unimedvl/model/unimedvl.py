@@ -1,6 +1,7 @@
 """UniMedVL: one network that reads medical images (ViT -> understanding expert) and writes them
 (autoencoder latents -> generation expert), trained with next-token cross-entropy plus rectified-flow
-MSE, and sampled with a KV cache (text) or an Euler ODE with classifier-free guidance (images).
+MSE, and sampled with a KV cache (text) or an Euler ODE with classifier-free guidance (images; the
+batched reference sampler is in sampling.py, the per-task segment layouts in layout.py).
 
 Read top to bottom: the segments a sample is made of, packing several samples into one sequence, the
 module (whose submodule names are those of the released checkpoint), the losses, then sampling.
@@ -8,7 +9,6 @@ module (whose submodule names are those of the released checkpoint), the losses,
 
 from __future__ import annotations
 
-import itertools
 import random
 from dataclasses import dataclass, field, fields
 
@@ -22,7 +22,6 @@ from .autoencoder import (
     TimestepEmbedder,
     flattened_position_ids,
     patchify_latent,
-    unpatchify_latent,
 )
 from .config import ModelConfig
 from .mot import AttentionLayout, KVCache, LanguageModel, Routing
@@ -38,10 +37,15 @@ DEFAULT_SPECIAL = SpecialTokens(pad=0, bos=1, eos=2, start_of_image=3, end_of_im
 
 @dataclass
 class Text:
-    """Token ids; supervised ones are predicted (cross-entropy), the others only condition."""
+    """Token ids; supervised ones are predicted (cross-entropy), the others only condition.
+
+    `template` marks chat-template pieces ("<bos>user\n", "<eos>\n<bos>assistant\n"): they are never
+    dropped as a condition, in training or in the no-text guidance context.
+    """
 
     ids: list[int]
     supervised: bool = False
+    template: bool = False
 
 
 @dataclass
@@ -63,25 +67,30 @@ class LatentImage:
     noised: bool = True
 
 
-Segment = Text | VitImage | LatentImage
+@dataclass
+class Dropped:
+    """An image condition removed by condition dropout: no tokens, but it keeps its rotary slot (the
+    position still advances by one), as in BAGEL's packer."""
+
+
+Segment = Text | VitImage | LatentImage | Dropped
 
 
 def drop_conditions(sample: list[Segment], cfg: ModelConfig, rng: random.Random) -> list[Segment]:
-    """Condition dropout for classifier-free guidance: a generation sample randomly loses its text,
-    its ViT views or its clean latent views, so the model learns the velocities guidance subtracts."""
+    """Condition dropout for classifier-free guidance, per condition as in BAGEL's packer: in a sample
+    that generates an image, each content text vanishes with probability `text_cond_dropout` (its
+    positions go too), each ViT view / clean latent view with `vit_cond_dropout` / `vae_cond_dropout`
+    becomes `Dropped` (its position slot stays). Supervised text and template pieces are never dropped."""
     if not any(isinstance(s, LatentImage) and s.noised for s in sample):
         return sample
-    drop_text = rng.random() < cfg.text_cond_dropout
-    drop_vit = rng.random() < cfg.vit_cond_dropout
-    drop_vae = rng.random() < cfg.vae_cond_dropout
-    kept = []
+    kept: list[Segment] = []
     for s in sample:
-        if isinstance(s, Text) and not s.supervised and drop_text:
+        if isinstance(s, Text) and not (s.supervised or s.template) and rng.random() < cfg.text_cond_dropout:
             continue
-        if isinstance(s, VitImage) and drop_vit:
-            continue
-        if isinstance(s, LatentImage) and not s.noised and drop_vae:
-            continue
+        if isinstance(s, VitImage) and rng.random() < cfg.vit_cond_dropout:
+            s = Dropped()
+        elif isinstance(s, LatentImage) and not s.noised and rng.random() < cfg.vae_cond_dropout:
+            s = Dropped()
         kept.append(s)
     return kept
 
@@ -111,6 +120,7 @@ class PackedBatch:
     latent_image_of_token: torch.Tensor | None = None
     ce_index: torch.Tensor | None = None
     ce_labels: torch.Tensor | None = None
+    next_positions: list[int] = field(default_factory=list)  # per sample: the rotary position after it
 
     def to(self, device: torch.device | str) -> PackedBatch:
         out = {}
@@ -130,19 +140,29 @@ def pack(
     special: SpecialTokens = DEFAULT_SPECIAL,
     dropout_rng: random.Random | None = None,
 ) -> PackedBatch:
-    """Lay samples end to end. Each image is a block <|vision_start|> tokens <|vision_end|> that shares
-    one rotary position (its layout comes from the 2D position embeddings instead)."""
+    """Lay samples end to end in BAGEL's layout. Text tokens take consecutive rotary positions. Each
+    image is a block <|vision_start|> tokens <|vision_end|> sharing one position (its 2D layout comes
+    from the position embeddings); the position advances by one after a ViT or clean latent block and
+    after a `Dropped` condition, and does not advance after a noised block. A supervised text's tokens
+    are each predicted from the token before, except a first token that follows a noised block (that
+    block's end marker carries the noise, so its CE would depend on the draw)."""
     long = lambda x: torch.tensor(x, dtype=torch.long)
     text_ids, text_index, positions, splits, sample_lens = [], [], [], [], []
     vit_patches, vit_pos, vit_index, vit_seqlens = [], [], [], []
     latents, grids, lat_index, lat_pos, lat_img = [], [], [], [], []
     ce_index, ce_labels = [], []
+    next_positions = []
     cur = 0
     for sample in samples:
         if dropout_rng is not None:
             sample = drop_conditions(sample, cfg, dropout_rng)
         start, rope, sample_splits = cur, 0, []
+        after_noise = False
         for seg in sample:
+            if isinstance(seg, Dropped):
+                rope += 1
+                after_noise = False
+                continue
             if isinstance(seg, Text):
                 n = len(seg.ids)
                 text_ids += seg.ids
@@ -151,12 +171,13 @@ def pack(
                 if seg.supervised:
                     # Token j is predicted from position j - 1, whatever kind of token sits there.
                     for j, tok in enumerate(seg.ids):
-                        if cur + j > start:
+                        if cur + j > start and not (j == 0 and after_noise):
                             ce_index.append(cur + j - 1)
                             ce_labels.append(tok)
                 sample_splits.append((n, "causal"))
                 rope += n
                 cur += n
+                after_noise = False
                 continue
             if isinstance(seg, VitImage):
                 p = cfg.vit.patch_size
@@ -188,10 +209,13 @@ def pack(
             text_index += [cur, cur + n - 1]
             positions += [rope] * n
             sample_splits.append((n, mode))
-            rope += 1
+            after_noise = mode == "noise"
+            if not after_noise:
+                rope += 1
             cur += n
         splits.append(sample_splits)
         sample_lens.append(cur - start)
+        next_positions.append(rope)
     return PackedBatch(
         length=cur,
         text_ids=long(text_ids),
@@ -210,6 +234,7 @@ def pack(
         latent_image_of_token=long(lat_img) if lat_img else None,
         ce_index=long(ce_index) if ce_index else None,
         ce_labels=long(ce_labels) if ce_labels else None,
+        next_positions=next_positions,
     )
 
 
@@ -341,127 +366,53 @@ class UniMedVL(nn.Module):
 
     # -- sampling ------------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    # Sampling lives in sampling.py (batched, the reference's rules); these are its entry points.
+
     def prefill(self, segments: list[Segment]) -> tuple[KVCache, torch.Tensor | None]:
         """Run a context once and keep its keys and values; returns the cache and the last hidden state."""
-        cache = KVCache.empty(self.cfg.llm.num_hidden_layers)
-        if not segments:
-            return cache, None
-        if any(isinstance(s, LatentImage) and s.noised for s in segments):
-            raise ValueError("a context holds clean images only (LatentImage(noised=False))")
-        dev = self.llm2vae.weight.device
-        batch = pack([segments], self.cfg, self.special).to(dev)
-        seq, routing, _ = self.embed(batch)
-        hidden = self.language_model.model(seq, routing, batch.position_ids, batch.layout.dense(), cache, True)
-        return cache, hidden[-1]
+        from .sampling import prefill
 
-    @torch.no_grad()
-    def generate_text(
-        self,
-        segments: list[Segment],
-        max_new_tokens: int = 64,
-        top_p: float | None = None,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> list[int]:
-        """Continue a context token by token with a KV cache: greedy, or nucleus (top-p) sampling.
+        cache, last = prefill(self, [segments])
+        return cache, last[0]
+
+    def generate_texts(self, contexts: list[list[Segment]], max_new_tokens: int = 64, **kw):
+        """Batched text generation: see `unimedvl.model.sampling.generate_texts`."""
+        from .sampling import generate_texts
+
+        return generate_texts(self, contexts, max_new_tokens, **kw)
+
+    def generate_text(self, segments: list[Segment], max_new_tokens: int = 64, top_p: float | None = None,
+                      temperature: float = 1.0, generator: torch.Generator | None = None) -> list[int]:
+        """Continue one context token by token with a KV cache: greedy, or nucleus (top-p) sampling.
         Stops at end-of-sequence (not returned) or after max_new_tokens."""
-        cache, last = self.prefill(segments)
-        if last is None:
-            raise ValueError("text generation needs a non-empty context")
-        lm = self.language_model
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            logits = lm.lm_head(last).float()
-            tok = _pick(logits, top_p, temperature, generator)
-            if tok == self.special.eos:
-                break
-            out.append(tok)
-            x = lm.model.embed_tokens(torch.tensor([tok], device=logits.device))
-            pos = torch.tensor([cache.next_position], device=logits.device)
-            last = lm.model(x, Routing.all_und(1), pos, None, cache, True)[-1]
-        return out
+        return self.generate_texts([segments], max_new_tokens, top_p=top_p, temperature=temperature,
+                                   generators=[generator])[0]
 
-    def _velocity(self, x: torch.Tensor, t: float, pos_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Predicted velocity of latent tokens x at time t, attending to a cached context."""
-        lm = self.language_model.model
-        n, dev, dtype = x.shape[0], x.device, x.dtype
-        sentinels = lm.embed_tokens(torch.tensor([self.special.start_of_image, self.special.end_of_image], device=dev))
-        tt = torch.full((n,), t, device=dev)
-        lat = self.vae2llm(x) + self.time_embedder(tt).to(dtype) + self.latent_pos_embed(pos_ids)
-        seq = torch.cat([sentinels[:1], lat, sentinels[1:]])
-        is_gen = torch.zeros(n + 2, dtype=torch.bool, device=dev)
-        is_gen[1:-1] = True
-        rope = torch.full((n + 2,), cache.next_position, device=dev)
-        hidden = lm(seq, Routing.from_gen_mask(is_gen), rope, None, cache, False)
-        return self.llm2vae(hidden[1:-1])
+    def generate_images(self, contexts: list[list[Segment]], **kw) -> list[torch.Tensor]:
+        """Batched image generation with the reference sampler: see `unimedvl.model.sampling.generate_images`."""
+        from .sampling import generate_images
 
-    @torch.no_grad()
-    def generate_image(
-        self,
-        segments: list[Segment],
-        height: int | None = None,
-        width: int | None = None,
-        num_steps: int = 30,
-        cfg_text_scale: float = 4.0,
-        cfg_img_scale: float = 1.0,
-        generator: torch.Generator | None = None,
-        return_latent: bool = False,
-    ) -> torch.Tensor:
-        """Draw an image [C, H, W] in [-1, 1] by integrating the velocity field from noise (t=1) to data
-        (t=0) with Euler steps. Guidance: text first, v = v_no_text + s_t (v - v_no_text); then image,
-        v = v_no_image + s_i (v - v_no_image), where the unconditional contexts drop those segments."""
-        height = height or self.cfg.image_size
-        width = width or self.cfg.image_size
-        ds, p, zc = self.cfg.latent_downsample, self.cfg.latent_patch_size, self.cfg.vae.z_channels
-        if height % ds or width % ds:
-            raise ValueError(f"height and width must be multiples of {ds}")
-        h, w = height // ds, width // ds
-        dev, dtype = self.llm2vae.weight.device, self.llm2vae.weight.dtype
-        cond, _ = self.prefill(segments)
-        no_text = no_image = None
-        if cfg_text_scale != 1.0:
-            no_text, _ = self.prefill([s for s in segments if not isinstance(s, Text)])
-        if cfg_img_scale != 1.0 and any(isinstance(s, (VitImage, LatentImage)) for s in segments):
-            no_image, _ = self.prefill([s for s in segments if isinstance(s, Text)])
-        pos_ids = flattened_position_ids(h, w, self.cfg.max_latent_size, self.cfg.interpolate_pos).to(dev)
-        x = torch.randn(h * w, p * p * zc, generator=generator).to(dev, dtype)
-        ts = self._shift(torch.linspace(1.0, 0.0, num_steps + 1)).tolist()
-        for t, t_next in itertools.pairwise(ts):
-            v = self._velocity(x, t, pos_ids, cond)
-            if no_text is not None:
-                v_nt = self._velocity(x, t, pos_ids, no_text)
-                v = v_nt + cfg_text_scale * (v - v_nt)
-            if no_image is not None:
-                v_ni = self._velocity(x, t, pos_ids, no_image)
-                v = v_ni + cfg_img_scale * (v - v_ni)
-            x = x + (t_next - t) * v
-        latent = unpatchify_latent(x, h, w, p, zc)
-        if return_latent:
-            return latent
-        ae_dtype = self.autoencoder.decoder.conv_in.weight.dtype
-        return self.autoencoder.decode(latent[None].to(ae_dtype))[0].clamp(-1, 1)
+        return generate_images(self, contexts, **kw)
 
-    @torch.no_grad()
-    def edit_image(self, image: torch.Tensor, instruction: list[int], **kw) -> torch.Tensor:
-        """Edit an image [C, H, W]: condition on its ViT and clean latent tokens plus the instruction."""
+    def generate_image(self, segments: list[Segment], height: int | None = None, width: int | None = None, *,
+                       generator: torch.Generator | None = None, **kw) -> torch.Tensor:
+        """One image [C, H, W] in [-1, 1] from a context. Keywords and defaults (timestep_shift=3,
+        num_steps=50, cfg_text_scale=4, cfg_img_scale=1.5, cfg_interval=(0.4, 1), cfg_renorm_type="global",
+        cfg_renorm_min=0, return_latent) are `generate_images`'."""
+        return self.generate_images([segments], height=height, width=width, generators=[generator], **kw)[0]
+
+    def edit_image(self, image: torch.Tensor, instruction: list[int] | list[Segment], **kw) -> torch.Tensor:
+        """Edit an image [C, H, W]: BAGEL's edit layout (clean latent block, then ViT block, then the
+        instruction: token ids or segments) and its demo's edit guidance (image scale 2, interval (0, 1],
+        text_channel renorm) unless overridden."""
+        from .layout import ImageInput, image_segments
+
         ds = self.cfg.latent_downsample
         image = image[:, : image.shape[1] // ds * ds, : image.shape[2] // ds * ds]
-        segments: list[Segment] = [VitImage(image), LatentImage(image=image, noised=False), Text(instruction)]
-        kw.setdefault("cfg_img_scale", 2.0)
+        tail = [Text(list(instruction))] if instruction and isinstance(instruction[0], int) else list(instruction)
+        segments = [*image_segments(ImageInput(vit=image, latent=image)), *tail]
+        kw = {"cfg_img_scale": 2.0, "cfg_interval": (0.0, 1.0), "cfg_renorm_type": "text_channel", **kw}
         return self.generate_image(segments, height=image.shape[1], width=image.shape[2], **kw)
-
-
-def _pick(logits: torch.Tensor, top_p: float | None, temperature: float, generator: torch.Generator | None) -> int:
-    """Greedy when top_p is None, else sample from the smallest set of tokens holding top_p mass."""
-    if top_p is None:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
-    sorted_p, order = torch.sort(probs, descending=True)
-    keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p  # always keeps the most likely token
-    sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
-    choice = torch.multinomial((sorted_p / sorted_p.sum()).cpu(), 1, generator=generator)
-    return int(order[choice.to(order.device)])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def compiled_dir() -> Path:
-    from ..train.tracking import repo_root
+    from ..tracking import repo_root
 
     return repo_root() / "pipelines" / "compiled"
 

@@ -19,7 +19,7 @@ def fetch_output(repo: str, rev: str, path: str, dest: str | Path) -> Path:
     """Copy the DVC-tracked `path` (file or folder) of `repo` at `rev` to `dest`."""
     from dvc.api import DVCFileSystem
 
-    from ..train.tracking import repo_root
+    from ..tracking import repo_root
 
     repo = repo or str(repo_root())
     dest = Path(dest)

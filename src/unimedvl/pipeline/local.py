@@ -16,7 +16,7 @@ from typing import Any
 
 def import_pipeline():
     """The pipeline function from `pipelines/` at the repository root (compile-time code, not in the image)."""
-    from ..train.tracking import repo_root
+    from ..tracking import repo_root
 
     root = str(repo_root())
     if root not in sys.path:
@@ -32,7 +32,7 @@ def run_local(pipeline_root: str | Path, arguments: dict[str, Any] | None = None
     (one sub-folder per task, one per output artefact)."""
     from kfp import local
 
-    from ..train.tracking import repo_root
+    from ..tracking import repo_root
 
     pipeline = import_pipeline()
     root = Path(pipeline_root).resolve()

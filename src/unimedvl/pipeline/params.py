@@ -34,7 +34,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def params_file() -> Path:
     """params.yaml of this run: env UNIMEDVL_PARAMS, else the one in the repository or image folder."""
-    from ..train.tracking import repo_root
+    from ..tracking import repo_root
 
     return Path(os.environ.get("UNIMEDVL_PARAMS") or repo_root() / "params.yaml")
 

@@ -75,7 +75,7 @@ def rayjob_manifest(stage: str, params: Params, *, image: str, data_uri: str, pr
     security = {"runAsNonRoot": True, "allowPrivilegeEscalation": False}
     labels = {"app.kubernetes.io/part-of": "unimedvl", "unimedvl/stage": stage, "unimedvl/run-id": name.rsplit("-", 1)[-1]}
     blob = base64.b64encode(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False).encode()).decode()
-    runtime_env = {"env_vars": {"UNIMEDVL_PARAMS_B64": blob, "UNIMEDVL_RUN_ID": run_id, "KFP_RUN_ID": run_id}}
+    runtime_env = {"env_vars": {"UNIMEDVL_PARAMS_B64": blob, "UNIMEDVL_RUN_ID": run_id}}
     worker_res = {"cpu": ray.worker_cpu, "memory": ray.worker_memory}
     if gpus:
         worker_res[p.gpu.resource] = "1"

@@ -22,10 +22,10 @@ from .params import effective, resolve
 
 
 def enter_run(run_id: str) -> None:
-    """One MLflow parent run per pipeline run: its key is the KFP run id (DESIGN section 2)."""
+    """One MLflow parent run per pipeline run: its key (env UNIMEDVL_RUN_ID, read by unimedvl.tracking)
+    is the KFP run id (DESIGN section 2)."""
     if run_id:
         os.environ["UNIMEDVL_RUN_ID"] = run_id
-        os.environ["KFP_RUN_ID"] = run_id  # what unimedvl.train.tracking.pipeline_key reads
 
 
 def write_metrics(metrics, values: dict[str, Any]) -> dict[str, float]:
@@ -70,7 +70,8 @@ def ingest_step(dataset, metrics, values: dict[str, Any], params_override: str, 
         cfg = effective(resolve(values, params_override)).ingest
         ingest(list(cfg.sources), out, cfg)
     manifest = read_manifest(out)
-    dataset.metadata.update({"data_version": data_version or "ingested", "records": manifest.get("accepted")})
+    dataset.metadata.update({"data_version": data_version or "ingested", "records": manifest.get("accepted"),
+                             "pipeline_run_id": run_id})
     write_metrics(metrics, {k: manifest.get(k) for k in ("accepted", "quarantined", "seen", "distinct_images")})
     return manifest
 
@@ -109,7 +110,7 @@ def train_step(stage: str, data, previous, model, metrics, values: dict[str, Any
     leaves the checkpoint at the Model artefact's s3:// URI."""
     from ..train.stages import run_stage
 
-    enter_run(run_id)
+    enter_run(f"{run_id}:ablation" if ablation and run_id else run_id)
     params = resolve(values, params_override)
     if ablation:
         # The synergy ablation: the same stage with the ablation mixture (pipeline.ablation).
@@ -143,27 +144,25 @@ def _yaml(d: dict) -> str:
     return yaml.safe_dump(d, sort_keys=False)
 
 
-def close_run(run_id: str, status: str = "FINISHED") -> str | None:
-    """The ExitHandler's step: end the pipeline's MLflow parent run (found by its key, the KFP run id)."""
+def close_run(run_id: str, failed: bool = False) -> list[str]:
+    """The ExitHandler's step: settle the MLflow parent run(s) of this KFP run (key = the run id; the
+    ablation branch's own parent has key `<run id>:ablation`): status from their children, FAILED
+    whatever they say when the pipeline failed (a task that died before logging leaves no child)."""
     from ..config import load_params
-    from ..train.tracking import PIPELINE_KEY_TAG, PARENT_TAG, tracking_uri
+    from ..tracking import PIPELINE_KEY_TAG, ROLE_TAG, Tracker, tracking_uri, update_parent_status
     from .params import params_file
 
-    enter_run(run_id)
-    params = load_params(params_file())
-    if not params.tracking.enabled:
-        return None
-    from mlflow.tracking import MlflowClient
-
-    from ..train.tracking import pipeline_key
-
-    client = MlflowClient(tracking_uri=tracking_uri(params.tracking.uri))
-    exp = client.get_experiment_by_name(params.tracking.experiment)
-    if exp is None:
-        return None
-    key = pipeline_key(".")
-    for r in client.search_runs([exp.experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=50):
-        if PARENT_TAG not in r.data.tags:
-            client.set_terminated(r.info.run_id, status)
-            return r.info.run_id
-    return None
+    cfg = load_params(params_file()).tracking
+    if not cfg.enabled or not run_id:
+        return []
+    tracker = Tracker(tracking_uri(cfg.uri), cfg.experiment)
+    closed = []
+    for key in (run_id, f"{run_id}:ablation"):
+        found = tracker.client.search_runs([tracker.experiment_id], max_results=100,
+                                           filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}' and tags.`{ROLE_TAG}` = 'pipeline'")
+        for parent in found:
+            status = update_parent_status(tracker, parent.info.run_id)
+            if failed and status in ("FINISHED", "RUNNING"):
+                tracker.client.set_terminated(parent.info.run_id, "FAILED")
+            closed.append(parent.info.run_id)
+    return closed

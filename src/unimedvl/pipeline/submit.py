@@ -41,7 +41,7 @@ def check_arguments(arguments: dict[str, Any], package: Path) -> None:
 def _version_name() -> str:
     import subprocess
 
-    from ..train.tracking import repo_root
+    from ..tracking import repo_root
 
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo_root(), capture_output=True, text=True,

@@ -207,14 +207,6 @@ def _html(metrics: dict[str, Any], figs: list[tuple[str, str]], examples: dict[s
 # --- MLflow --------------------------------------------------------------------------------------
 
 
-def tracking_uri(cfg: QCConfig) -> str:
-    """Env MLFLOW_TRACKING_URI, else qc.mlflow.tracking_uri, else SQLite in the repo folder: the same
-    resolution as the training stages, so `mlflow ui` shows QC and training runs from one database."""
-    from ..train.tracking import tracking_uri as resolve
-
-    return resolve(cfg.mlflow.tracking_uri)
-
-
 def _flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -223,32 +215,17 @@ def _flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def log_run(cfg: QCConfig, metrics: dict[str, Any], report_dir: Path, metrics_path: Path) -> str:
-    """One MLflow run per QC run: params, numeric metrics, the report folder and metrics.json."""
-    import mlflow
+def log_run(cfg: QCConfig, metrics: dict[str, Any], report_dir: Path, metrics_path: Path, input_dir: Path | None = None) -> str | None:
+    """QC's child run under the pipeline's parent (`unimedvl.tracking`, the `tracking` section of
+    params.yaml): params, numeric metrics, the input shards as a dataset, the report folder and metrics.json."""
+    from ..tracking import step_run
 
-    uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
-    if exp is None:
-        location = None
-        if uri.startswith("sqlite:///"):
-            # Artifacts next to the database (not wherever the command happens to run).
-            location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
-        exp_id = client.create_experiment(cfg.mlflow.experiment, artifact_location=location)
-    else:
-        exp_id = exp.experiment_id
-    params: dict[str, Any] = {}
-    _flat("", cfg.model_dump(exclude={"mlflow"}), params)
     numbers: dict[str, Any] = {}
     _flat("", {k: v for k, v in metrics.items() if k not in ("report",)}, numbers)
     numbers = {k.replace(":", "_").replace(">", "_to_"): float(v) for k, v in numbers.items()
                if isinstance(v, int | float) and not isinstance(v, bool)}
-    with mlflow.start_run(experiment_id=exp_id, run_name="qc") as run:
-        mlflow.set_tag("unimedvl.step", "qc")
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.log_metrics(numbers)
-        mlflow.log_artifacts(str(report_dir), artifact_path="report")
-        mlflow.log_artifact(str(metrics_path))
-        return run.info.run_id
+    with step_run("qc", params={"qc": cfg.model_dump(exclude={"mlflow"})}, data=input_dir) as run:
+        run.log_metrics(numbers)
+        run.log_artifact(report_dir, "report")
+        run.log_artifact(metrics_path)
+    return run.run_id

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from ..config import QCConfig
 from ..data.schema import RECORD_SCHEMA, Quarantine, Record
-from ..data.shards import DatasetWriter, ShardModified, read_manifest
+from ..data.shards import DatasetWriter, ShardModified, manifest_sha256, read_manifest
 from ..data.shards import shard_paths as verified_shard_paths
 from . import checks, dedup
 from .alignment import AlignmentScorer, below_cut, load_scorer
@@ -319,7 +319,7 @@ def run_qc(
 
     # Write: the row order of the results is the row order of the shards (both engines keep it).
     verdicts = _by_key(res, decided)
-    manifest, rejected_rows = _write(paths, output_dir, verdicts, cfg)
+    manifest, rejected_rows = _write(paths, output_dir, verdicts, cfg, manifest_sha256(input_dir))
     if manifest["accepted"] + manifest["quarantined"] != manifest["seen"] or manifest["seen"] != n:
         raise QCError(f"accounting broken: {manifest['accepted']} + {manifest['quarantined']} != {manifest['seen']} (map saw {n})")
 
@@ -356,7 +356,7 @@ def run_qc(
     html = build_report(report_dir, results, decided, metrics, ge, output_dir / QUARANTINE_DIR, cfg)
     metrics["report"] = str(html)
     if log_to_mlflow if log_to_mlflow is not None else cfg.mlflow.enabled:
-        metrics["mlflow_run_id"] = log_run(cfg, metrics, report_dir, metrics_path)
+        metrics["mlflow_run_id"] = log_run(cfg, metrics, report_dir, metrics_path, input_dir)
     return metrics
 
 
@@ -367,7 +367,8 @@ def _by_key(res: dict[str, list], decided: dict[int, tuple[str, str]]) -> dict[s
     return out
 
 
-def _write(paths: list[Path], output_dir: Path, verdicts: dict[str, tuple[str, str]], cfg: QCConfig) -> tuple[dict, int]:
+def _write(paths: list[Path], output_dir: Path, verdicts: dict[str, tuple[str, str]], cfg: QCConfig,
+           input_sha256: str) -> tuple[dict, int]:
     writer = DatasetWriter(output_dir, step="qc", shard_max_mb=cfg.shard_max_mb)
     qdir = output_dir / QUARANTINE_DIR
     qdir.mkdir(parents=True, exist_ok=True)
@@ -393,4 +394,5 @@ def _write(paths: list[Path], output_dir: Path, verdicts: dict[str, tuple[str, s
                 n_rejected += len(bad)
     finally:
         rejected.close()
-    return writer.close(extra={"qc": {"input_step": "ingest"}}), n_rejected
+    # The input's identity travels with the QC'd set: tracking names the pipeline's data by it.
+    return writer.close(extra={"qc": {"input_step": "ingest"}, "input_manifest_sha256": input_sha256}), n_rejected

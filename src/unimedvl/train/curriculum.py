@@ -89,6 +89,7 @@ class StageSpec:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     ema_decay: float = 0.995
+    ema_schedule: str = "ramp"  # ramp: min(ema_decay, (1+n)/(10+n)) after n updates | constant
     grad_clip: float = 1.0
     max_tokens: int = 1024  # token budget of one packed sequence
     max_text_tokens: int = 128  # longer turns are truncated
@@ -99,6 +100,8 @@ class StageSpec:
     vae_cond_dropout: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.ema_schedule not in ("ramp", "constant"):
+            raise ValueError(f"{self.name}: ema_schedule must be ramp or constant, not {self.ema_schedule!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"{self.name}: schedule must be cosine or constant, not {self.schedule!r}")
         bad = set(self.frozen) - set(MODULE_GROUPS)

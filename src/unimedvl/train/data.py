@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..data.schema import IMAGE_TOKEN
 from ..data.shards import manifest_sha256, shard_paths
 from ..model.config import ModelConfig
+from ..model.layout import ImageInput, chat_layout
 from ..model.unimedvl import LatentImage, PackedBatch, Segment, Text, VitImage, pack
 from .curriculum import CATEGORIES, SUB_TASK_CATEGORY, StageSpec
 
@@ -136,7 +137,7 @@ def _image_tokens(cfg: ModelConfig, seg: Segment) -> int:
     if isinstance(seg, LatentImage):
         ds = cfg.latent_downsample
         return (seg.image.shape[1] // ds) * (seg.image.shape[2] // ds) + 2
-    return len(seg.ids)
+    return len(seg.ids) if isinstance(seg, Text) else 0
 
 
 def count_tokens(segments: list[Segment], cfg: ModelConfig) -> int:
@@ -145,34 +146,29 @@ def count_tokens(segments: list[Segment], cfg: ModelConfig) -> int:
 
 
 def record_to_sample(row: dict[str, Any], tokenizer, spec: StageSpec, cfg: ModelConfig) -> Sample:
-    """One record in the Qwen2.5 chat format: the user turn conditions, the assistant turn is the target
-    (supervised text for text_only / i2t, a noised latent image for t2i / interleaved)."""
+    """One record in the Qwen2.5 chat format (`model.layout.chat_layout`, the layout inference uses too):
+    the user turn conditions, the assistant turn is the target (supervised text for text_only / i2t, a
+    noised latent image for t2i / interleaved, where each input image is also a clean latent block)."""
     cat = SUB_TASK_CATEGORY[row["sub_task_type"]]
-    sp = tokenizer.special
-    enc = tokenizer.encode
-    limit = spec.max_text_tokens
     human = "\n".join(t["value"] for t in row["message"] if t["from"] == "human")
     answer = "\n".join(t["value"] for t in row["message"] if t["from"] == "gpt")
     inputs = list(row["input_img"] or [])
     outputs = list(row["output_img"] or [])
-
-    segs: list[Segment] = [Text([sp.bos, *enc("user\n")])]
+    user: list = []
     parts = human.split(IMAGE_TOKEN)
     for k, part in enumerate(parts):
-        if part:
-            segs.append(Text(enc(part)[:limit]))
+        user.append(part)
         if k < len(parts) - 1 and k < len(inputs):
-            img_vit = image_tensor(inputs[k]["bytes"], spec.vit_resolution)
-            segs.append(VitImage(img_vit))
-            if cat == "interleaved":  # the image to edit is also seen as clean latents
-                segs.append(LatentImage(image=image_tensor(inputs[k]["bytes"], spec.vae_resolution), noised=False))
-    segs.append(Text([sp.eos, *enc("\n"), sp.bos, *enc("assistant\n")]))
+            data = inputs[k]["bytes"]
+            latent = image_tensor(data, spec.vae_resolution) if cat == "interleaved" else None
+            user.append(ImageInput(vit=image_tensor(data, spec.vit_resolution), latent=latent))
     if cat in ("t2i", "interleaved"):
         if not outputs:
             raise ValueError(f"record {row.get('id')} ({row['sub_task_type']}) has no output image")
-        segs.append(LatentImage(image=image_tensor(outputs[0]["bytes"], spec.vae_resolution), noised=True))
+        target = image_tensor(outputs[0]["bytes"], spec.vae_resolution)
     else:
-        segs.append(Text([*enc(answer)[: limit - 1], sp.eos], supervised=True))
+        target = answer
+    segs = chat_layout(tokenizer, user, target, max_text_tokens=spec.max_text_tokens)
     return Sample(cat, segs, count_tokens(segs, cfg))
 
 

@@ -24,32 +24,16 @@ from typing import Any
 
 import torch
 
-STATE_FILE = "state.pt"
-DONE_MARK = "COMPLETE"
+from .checkpoints import DONE_MARK, STATE_FILE, latest_checkpoint, prepare, prune
+
 LOSSES = "losses.jsonl"
 RESULT = "result.json"
 PROGRESS = "progress.json"
+METRIC_KEYS = ("loss", "ce", "mse", "lr", "grad_norm", "tokens_per_s", "samples_per_s")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Checkpoint folder helpers (rank 0 writes; everybody reads).
-
-
-def latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path] | None:
-    best = None
-    for d in ckpt_dir.glob("step-*"):
-        if (d / DONE_MARK).exists():
-            step = int(d.name.split("-")[1])
-            if best is None or step > best[0]:
-                best = (step, d)
-    return best
-
-
-def _prune(ckpt_dir: Path, keep: int = 2) -> None:
-    done = sorted((int(d.name.split("-")[1]), d) for d in ckpt_dir.glob("step-*") if (d / DONE_MARK).exists())
-    for _, d in done[:-keep]:
-        shutil.rmtree(d, ignore_errors=True)
-        shutil.rmtree(ckpt_dir / "deepspeed" / d.name, ignore_errors=True)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -97,7 +81,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         step_generator,
         train_step,
     )
-    from .tracking import Tracker
+    from ..tracking import Tracker
 
     rank, world, in_ray = _context()
     torch.set_num_threads(int(config.get("threads", 1)))
@@ -109,7 +93,9 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     ckpt_dir = Path(config["checkpoint_dir"])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     strategy = config.get("strategy", "ddp")
-    use_gpu = bool(config.get("use_gpu")) and torch.cuda.is_available()
+    use_gpu = bool(config.get("use_gpu"))
+    if use_gpu and not torch.cuda.is_available():
+        raise RuntimeError(no_cuda_message())
     if use_gpu and in_ray:
         import ray.train.torch as rtt
 
@@ -127,7 +113,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     optimizer = make_optimizer(model, spec)
     scheduler = make_scheduler(optimizer, spec, total)
-    ema = EMA(model, spec.ema_decay)
+    ema = EMA(model, spec.ema_decay, spec.ema_schedule)
     engine = None
     wrapped: torch.nn.Module = module
     if strategy == "deepspeed":
@@ -172,10 +158,12 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         if heldout_start is None:
             heldout_start = evaluate(model, held, device=device)
         tracker = Tracker(config["tracking_uri"], config.get("experiment", "unimedvl"), enabled=bool(run_id))
-        if start == 0:
-            tracker.log_metrics(run_id, [(0, {f"heldout_{k}": v for k, v in heldout_start.items()})])
+        tracker.log_metrics(run_id, [(0, {f"heldout_{k}": v for k, v in heldout_start.items()})])
         losses_path = ckpt_dir / LOSSES
         kept = read_losses(ckpt_dir, before=start + 1)
+        # A resumed run is a new MLflow run (the killed one is marked KILLED and linked): give it the
+        # steps before the checkpoint too, so its curve is the whole stage.
+        tracker.log_metrics(run_id, [(r["step"], {k: r[k] for k in METRIC_KEYS if k in r}) for r in kept])
         losses_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         losses_fh = open(losses_path, "a")  # noqa: SIM115 - closed after the loop
 
@@ -205,7 +193,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                    "step_time_s": dt, "tokens": batch.tokens, "samples": batch.samples}
             losses_fh.write(json.dumps(row) + "\n")
             losses_fh.flush()
-            pending.append((step + 1, {k: row[k] for k in ("loss", "ce", "mse", "lr", "grad_norm", "tokens_per_s", "samples_per_s")}))
+            pending.append((step + 1, {k: row[k] for k in METRIC_KEYS}))
             if len(pending) >= log_every:
                 tracker.log_metrics(run_id, pending)
                 pending = []
@@ -215,7 +203,8 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         done = step + 1
         if done % int(config["checkpoint_every"]) == 0 or done == total:
             _save_checkpoint(ckpt_dir, done, model, optimizer, scheduler, ema, engine, rank, world,
-                             {"samples_seen": samples_seen, "tokens_seen": tokens_seen, "step": done}, heldout_start)
+                             {"samples_seen": samples_seen, "tokens_seen": tokens_seen, "step": done}, heldout_start,
+                             int(config.get("keep_checkpoints", 2)))
     if rank == 0:
         tracker.log_metrics(run_id, pending)
         losses_fh.close()
@@ -239,7 +228,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, ema, engine, rank: int, world: int,
-                     data_pos: dict, heldout_start) -> None:
+                     data_pos: dict, heldout_start, keep: int = 2) -> None:
     import torch.distributed as dist
 
     from .loop import rng_state
@@ -264,7 +253,7 @@ def _save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, ema
         final = ckpt_dir / tag
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _prune(ckpt_dir)
+        prune(ckpt_dir, keep)
     if world > 1 and dist.is_initialized():
         dist.barrier()
 
@@ -311,6 +300,12 @@ def _deepspeed_engine(module, model, spec, config, optimizer, total):
 # The driver.
 
 
+def no_cuda_message() -> str:
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return (f"train.use_gpu is true but torch {torch.__version__} ({build}) sees no CUDA device here; "
+            "set train.use_gpu: false to train on CPU, or run where a GPU and a CUDA build of torch are present")
+
+
 def run_training(config: dict[str, Any], *, backend: str = "ray", workers: int = 1, cpus_per_worker: int = 1,
                  use_gpu: bool = False, resources_per_worker: dict[str, float] | None = None, max_failures: int = 1,
                  ray_address: str | None = None, storage_path: str | Path = "build/ray_results",
@@ -319,6 +314,10 @@ def run_training(config: dict[str, Any], *, backend: str = "ray", workers: int =
     rank 0's result."""
     config = dict(config, threads=cpus_per_worker, use_gpu=use_gpu)
     ckpt_dir = Path(config["checkpoint_dir"])
+    if use_gpu and not ray_address and not torch.cuda.is_available():
+        # A local run never falls back to the CPU silently (on a cluster the workers decide).
+        raise RuntimeError(no_cuda_message())
+    prepare(ckpt_dir, config.get("code_hash"))
     (ckpt_dir / RESULT).unlink(missing_ok=True)
     if backend == "local" and not ray_address:
         if workers != 1:

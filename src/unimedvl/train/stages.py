@@ -8,8 +8,9 @@ sibling folder named after that stage (`models/stage1` starts from `models/autoe
 
 Profiles. `params.yaml` holds the demo values; `profiles.<name>` holds overrides of any section,
 applied when the profile is selected: `--profile NAME`, else env `UNIMEDVL_PROFILE`, else
-`train.profile` (default `demo`, which has no overrides). The `smoke` profile runs the whole pipeline
-in under two minutes for the end-to-end tests.
+`train.profile` (default `demo`, which has no overrides). Under `dvc repro` only `train.profile` (a
+param DVC tracks) may choose: a differing `UNIMEDVL_PROFILE` is an error naming both. The `smoke`
+profile runs the whole pipeline in under two minutes for the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from ..config import Params
+from ..tracking import SystemMetrics, step_run, tracking_uri
 from .curriculum import PREVIOUS, TRAIN_STAGES, StageSpec, get_curriculum
 
 
@@ -44,8 +46,17 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def resolve_params(params: Params, profile: str | None = None) -> Params:
-    """Apply the selected profile's overrides (validated like params.yaml itself)."""
-    name = profile or os.environ.get("UNIMEDVL_PROFILE") or params.train.profile
+    """Apply the selected profile's overrides (validated like params.yaml itself).
+
+    Under `dvc repro` (env DVC_STAGE set) the profile is `train.profile`, the param DVC tracks: an
+    `UNIMEDVL_PROFILE` that differs is an error, or DVC would call outputs of another profile up to date.
+    """
+    env = os.environ.get("UNIMEDVL_PROFILE")
+    if os.environ.get("DVC_STAGE") and not profile and env and env != params.train.profile:
+        raise StageError(f"UNIMEDVL_PROFILE={env!r} differs from train.profile={params.train.profile!r} in params.yaml "
+                         f"under `dvc repro` (stage {os.environ['DVC_STAGE']}): DVC tracks train.profile, so set "
+                         f"train.profile: {env} in params.yaml (or unset UNIMEDVL_PROFILE)")
+    name = profile or env or params.train.profile
     if name in (None, "", "demo") and "demo" not in params.profiles:
         return params
     if name not in params.profiles:
@@ -121,31 +132,13 @@ class _Progress:
 
 
 def _repo_root() -> Path:
-    from .tracking import repo_root
+    from ..tracking import repo_root
 
     return repo_root()
 
 
-def _tracking(params: Params, data_dir: Path, stage: str, run_params: dict[str, Any]):
-    from .tracking import (
-        Tracker,
-        git_commit,
-        manifest_sha256,
-        pipeline_key,
-        tracking_uri,
-    )
-
-    uri = tracking_uri(params.tracking.uri)
-    tracker = Tracker(uri, params.tracking.experiment, enabled=params.tracking.enabled)
-    tags = {"git_commit": git_commit(), "data_manifest_sha256": manifest_sha256(data_dir),
-            "unimedvl.profile": params.train.profile}
-    parent = tracker.parent_run(pipeline_key(data_dir), tags)
-    child = tracker.child_run(parent, stage, run_params, tags)
-    return tracker, child, uri, tags
-
-
 def _lineage(data_dir: Path, params_h: str, parent: Path | None, stage: str, extra: dict | None = None) -> dict:
-    from .tracking import git_commit, manifest_sha256
+    from ..tracking import git_commit, manifest_sha256
 
     return {"data_manifest_sha256": manifest_sha256(data_dir), "git_commit": git_commit(), "params_hash": params_h,
             "parent_checkpoint": str(parent) if parent else None, "extra": {"stage": stage, **(extra or {})}}
@@ -249,11 +242,10 @@ def _tokenizer_stage(data_dir: Path, out_dir: Path, params: Params, init) -> dic
     h = params_hash("tokenizer", cfg.model_dump())
     (out_dir / "lineage.json").write_text(json.dumps(_lineage(data_dir, h, Path(init) if init else None, "tokenizer"),
                                                      indent=2, sort_keys=True) + "\n")
-    tracker, run_id, _, _ = _tracking(params, data_dir, "tokenizer", {"tokenizer": cfg.model_dump()})
-    tracker.log_metrics(run_id, [(0, {"vocab_size": tok.vocab_size})])
-    tracker.log_artifact(run_id, out_dir / "tokenizer.json")
-    tracker.end(run_id)
-    return {"stage": "tokenizer", "vocab_size": tok.vocab_size, "run_id": run_id}
+    with step_run("tokenizer", params={"tokenizer": cfg.model_dump()}, data=data_dir, tracking=params.tracking) as run:
+        run.log_metrics({"vocab_size": tok.vocab_size})
+        run.log_artifact(out_dir / "tokenizer.json")
+    return {"stage": "tokenizer", "vocab_size": tok.vocab_size, "run_id": run.run_id}
 
 
 def _autoencoder_stage(data_dir: Path, out_dir: Path, params: Params, init, prev_dir, max_steps, progress) -> dict[str, Any]:
@@ -261,14 +253,10 @@ def _autoencoder_stage(data_dir: Path, out_dir: Path, params: Params, init, prev
     the latent scale and shift measured on the data, so latents are roughly unit-variance."""
     from dataclasses import replace
 
-    from safetensors.torch import load_file
-
-    from ..model.checkpoint import save_model
     from ..model.config import get_preset
     from ..model.tokenizer import load_tokenizer
     from ..model.unimedvl import build_model
     from .data import all_images, image_tensor
-    from .tracking import SystemMetrics, image_grid_png, loss_curves_png
 
     cfg = params.autoencoder
     torch.set_num_threads(params.train.cpus_per_worker)
@@ -286,9 +274,26 @@ def _autoencoder_stage(data_dir: Path, out_dir: Path, params: Params, init, prev
     data = torch.stack([image_tensor(b, res) for b in images])
     held = data[: min(16, len(data))]
     run_params = {"autoencoder": cfg.model_dump(), "train": params.train.model_dump(), "model": mcfg.to_dict()}
-    tracker, run_id, uri, _ = _tracking(params, data_dir, "autoencoder", run_params)
-    sysm = SystemMetrics(uri, run_id, params.tracking.system_metrics_interval, params.tracking.system_metrics)
-    init = init or cfg.init
+    with step_run("autoencoder", params=run_params, data=data_dir, tracking=params.tracking) as run:
+        sysm = SystemMetrics(tracking_uri(params.tracking.uri), run.run_id, params.tracking.system_metrics_interval,
+                             params.tracking.system_metrics)
+        try:
+            return _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model, ae, data, held, init or cfg.init,
+                                    max_steps, progress)
+        finally:
+            sysm.stop()
+
+
+def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model, ae, data, held, init, max_steps, progress):
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from ..model.checkpoint import save_model
+    from ..model.unimedvl import build_model
+    from .plots import image_grid_png, loss_curves_png
+
+    res = cfg.resolution
     rows: list[dict] = []
 
     def recon_loss() -> float:
@@ -338,8 +343,8 @@ def _autoencoder_stage(data_dir: Path, out_dir: Path, params: Params, init, prev
             bar.update(completed=step + 1, loss=float(loss), tps=cfg.batch_size / dt)
         bar.close()
         ae.requires_grad_(False).eval()
-        tracker.log_metrics(run_id, [(r["step"], {k: r[k] for k in ("loss", "mse", "kl", "grad_norm", "lr", "samples_per_s")})
-                                     for r in rows])
+        run.log_metric_rows([(r["step"], {k: r[k] for k in ("loss", "mse", "kl", "grad_norm", "lr", "samples_per_s")})
+                             for r in rows])
     end_loss = recon_loss()
     # Latent statistics -> scale and shift (FLUX's are fixed constants measured the same way).
     with torch.no_grad():
@@ -357,35 +362,37 @@ def _autoencoder_stage(data_dir: Path, out_dir: Path, params: Params, init, prev
     save_model(final, out_dir, lineage=lineage, tokenizer=tok)
     art = out_dir.parent / f".{out_dir.name}-artifacts"
     if rows:
-        tracker.log_artifact(run_id, loss_curves_png(rows, [{"step": 0, "loss": start_loss, "ce": float("nan"), "mse": start_loss},
+        run.log_artifact(loss_curves_png(rows, [{"step": 0, "loss": start_loss, "ce": float("nan"), "mse": start_loss},
                                                             {"step": steps, "loss": end_loss, "ce": float("nan"), "mse": end_loss}],
                                                      art / "loss_curves.png", "autoencoder"))
     with torch.no_grad():
         recon = final.autoencoder(held[:4]).clamp(-1, 1)
-    tracker.log_artifact(run_id, image_grid_png([*held[:4], *recon], ["input"] * len(held[:4]) + ["reconstruction"] * len(recon),
+    run.log_artifact(image_grid_png([*held[:4], *recon], ["input"] * len(held[:4]) + ["reconstruction"] * len(recon),
                                                 art / "reconstructions.png"))
-    tracker.log_metrics(run_id, [(steps, {"heldout_recon_start": start_loss, "heldout_recon_end": end_loss,
+    run.log_metric_rows([(steps, {"heldout_recon_start": start_loss, "heldout_recon_end": end_loss,
                                           "latent_scale": scale, "latent_shift": shift})])
-    tracker.log_artifact(run_id, out_dir, "model")
-    sysm.stop()
-    tracker.end(run_id)
     return {"stage": "autoencoder", "steps": steps, "heldout_start": {"loss": start_loss}, "heldout_end": {"loss": end_loss},
-            "latent_scale": scale, "latent_shift": shift, "run_id": run_id, "fitted": not init}
+            "latent_scale": scale, "latent_shift": shift, "run_id": run.run_id, "fitted": not init}
 
 
 def _train_stage(stage: str, data_dir: Path, out_dir: Path, params: Params, prev_dir, max_steps, ray_address, progress,
                  checkpoint_dir, hooks: dict[str, Any]) -> dict[str, Any]:
-    import yaml
-
-    from .ray_job import LOSSES, PROGRESS, read_losses, run_training
-    from .tracking import SystemMetrics, loss_curves_png, manifest_sha256
+    from ..tracking import manifest_sha256
 
     spec = stage_spec(params, stage)
+    tc = params.train
+    if tc.use_gpu and not ray_address and not torch.cuda.is_available():
+        from .ray_job import no_cuda_message
+
+        raise StageError(no_cuda_message())
     prev = _previous(stage, out_dir, Path(prev_dir) if prev_dir else None)
     _check_compatible(prev, params)
-    from ..model.checkpoint import load_model
+    from ..model.checkpoint import MissingTokenizer, inspect_folder
 
-    _, report = load_model(prev)
+    try:  # headers only: the workers load the weights once
+        report = inspect_folder(prev)
+    except MissingTokenizer as e:
+        raise StageError(str(e)) from None
     if not report.ok:
         raise StageError(f"{prev} does not load cleanly: missing {report.missing[:3]}, unexpected {report.unexpected[:3]}, "
                          f"mismatched {report.mismatched[:3]}")
@@ -399,69 +406,85 @@ def _train_stage(stage: str, data_dir: Path, out_dir: Path, params: Params, prev
     ckpt.mkdir(parents=True, exist_ok=True)
     resolved = {"stage": spec.to_dict(), "train": tc.model_dump(), "tracking": params.tracking.model_dump(),
                 "steps": total, "params_hash": h, "init_from": str(prev), "data": str(data_dir)}
-    tracker, run_id, uri, tags = _tracking(params, data_dir, stage, resolved)
-    sysm = SystemMetrics(uri, run_id, params.tracking.system_metrics_interval, params.tracking.system_metrics)
+    uri = tracking_uri(params.tracking.uri)
+    with step_run(stage, params=resolved, data=data_dir, tracking=params.tracking,
+                  tags={"unimedvl.profile": tc.profile, "data_manifest_sha256": manifest_sha256(data_dir)}) as run:
+        result = _run_and_log(run, stage, data_dir, out_dir, params, spec, total, h, prev, ckpt, root, uri, ray_address,
+                              progress, hooks, resolved)
+    # Relative to the repo where possible: the metrics file is committed and read on other machines.
+    shown = ckpt.resolve().relative_to(root.resolve()) if ckpt.resolve().is_relative_to(root.resolve()) else ckpt
+    return {**result, "run_id": run.run_id, "checkpoint_dir": str(shown), "params_hash": h}
+
+
+def _run_and_log(run, stage, data_dir, out_dir, params, spec, total, h, prev, ckpt, root, uri, ray_address, progress,
+                 hooks, resolved) -> dict[str, Any]:
+    import yaml
+
+    from .curriculum import TRAIN_STAGES
+    from .plots import loss_curves_png
+    from .ray_job import LOSSES, PROGRESS, read_losses, run_training
+
+    from .checkpoints import code_hash, mark_finished
+
+    tc = params.train
+    code = code_hash()
+    run.set_tags({"unimedvl.code_sha256": code})
+    sysm = SystemMetrics(uri, run.run_id, params.tracking.system_metrics_interval, params.tracking.system_metrics)
     config = {
         "spec": spec.to_dict(), "total_steps": total, "seed": tc.seed, "strategy": tc.strategy,
         "deepspeed": tc.deepspeed.model_dump(), "precision": tc.precision, "checkpoint_every": tc.checkpoint_every,
         "checkpoint_dir": str(ckpt.resolve()), "data_dir": str(data_dir.resolve()), "init_dir": str(prev.resolve()),
-        "out_dir": str(out_dir.resolve()), "run_id": run_id, "tracking_uri": uri, "experiment": params.tracking.experiment,
+        "out_dir": str(out_dir.resolve()), "run_id": run.run_id, "tracking_uri": uri, "experiment": params.tracking.experiment,
         "heldout_samples": tc.heldout_samples, "log_every": tc.log_every, "progress_file": str((ckpt / PROGRESS).resolve()),
         "languages": list(params.ingest.mixture_languages),
-        "lineage": _lineage(data_dir, h, prev, stage, {"curriculum": tc.curriculum, "profile": tc.profile}),
+        "lineage": _lineage(data_dir, h, prev, stage, {"curriculum": tc.curriculum, "profile": tc.profile,
+                                                        "code_sha256": code}),
         "torch_extensions_dir": str((root / "build" / "torch_extensions").resolve()),
+        "code_hash": code, "keep_checkpoints": tc.keep_checkpoints,
         **hooks,
     }
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", config["torch_extensions_dir"])
     bar = _Progress(ckpt / PROGRESS, stage, total, progress)
-    status = "FAILED"
     try:
         result = run_training(config, backend="local" if (tc.backend == "local" and not ray_address) else "ray",
                               workers=tc.workers, cpus_per_worker=tc.cpus_per_worker, use_gpu=tc.use_gpu,
                               resources_per_worker=tc.resources_per_worker, max_failures=tc.max_failures,
                               ray_address=ray_address, storage_path=root / "build" / "ray_results",
                               verbose=bool(hooks.get("verbose")))
-        status = "FINISHED"
     finally:
         bar.close()
         sysm.stop()
-        if status != "FINISHED":
-            tracker.end(run_id, "FAILED")
     rows = read_losses(ckpt)
     art = ckpt / "artifacts"
     art.mkdir(exist_ok=True)
-    held = [{"step": result["start_step"] if result["start_step"] == 0 else 0, **result["heldout_start"]},
-            {"step": result["steps"], **result["heldout_end"]}]
+    held = [{"step": 0, **result["heldout_start"]}, {"step": result["steps"], **result["heldout_end"]}]
     if rows:
-        tracker.log_artifact(run_id, loss_curves_png(rows, held, art / "loss_curves.png", f"{stage} ({tc.profile})"))
+        run.log_artifact(loss_curves_png(rows, held, art / "loss_curves.png", f"{stage} ({tc.profile})"))
     (art / "resolved_config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), sort_keys=False))
-    tracker.log_artifact(run_id, art / "resolved_config.yaml")
-    tracker.log_artifact(run_id, out_dir / "tokenizer.json")
-    grid = sample_grid(out_dir, tc.grid_prompts, tc.grid_steps, tc.seed, art / "samples.png")
-    tracker.log_artifact(run_id, grid)
-    tracker.log_artifact(run_id, out_dir, "model")
-    tracker.log_artifact(run_id, ckpt / LOSSES)
-    tracker.end(run_id)
-    # Relative to the repo where possible: the metrics file is committed and read on other machines.
-    shown = ckpt.resolve().relative_to(root.resolve()) if ckpt.resolve().is_relative_to(root.resolve()) else ckpt
-    return {**result, "run_id": run_id, "checkpoint_dir": str(shown), "params_hash": h, "tags": tags}
+    run.log_artifact(art / "resolved_config.yaml")
+    run.log_artifact(sample_grid(out_dir, tc.grid_prompts, tc.grid_steps, tc.seed, art / "samples.png"))
+    run.log_artifact(ckpt / LOSSES)
+    if stage == TRAIN_STAGES[-1]:
+        # The released model: its folder is logged once, here; `register` adds the pyfunc flavour over
+        # these same artefacts (tag unimedvl.model_artifact) instead of uploading the weights again.
+        run.log_artifact(out_dir, "model")
+        run.set_tags({"unimedvl.model_artifact": "model"})
+    else:
+        run.log_artifact(out_dir / "lineage.json", "model")
+    mark_finished(ckpt)  # a later run of this stage trains again instead of resuming a finished run
+    return {**result, "code_sha256": code}
 
 
 def sample_grid(folder: Path, prompts: tuple[str, ...], steps: int, seed: int, out: Path) -> Path:
     """Images generated by the model in `folder` (EMA weights) from fixed prompts, side by side."""
     from ..model.checkpoint import load_model
+    from ..model.layout import chat_layout
     from ..model.tokenizer import load_tokenizer
-    from ..model.unimedvl import Text
-    from .tracking import image_grid_png
+    from .plots import image_grid_png
 
     model, _ = load_model(folder, "ema")
     model.eval()
     tok = load_tokenizer(folder)
-    sp = tok.special
-    images = []
-    for i, prompt in enumerate(prompts):
-        segs = [Text([sp.bos, *tok.encode("user\n")]), Text(tok.encode(prompt)),
-                Text([sp.eos, *tok.encode("\n"), sp.bos, *tok.encode("assistant\n")])]
-        images.append(model.generate_image(segs, num_steps=steps, cfg_text_scale=4.0,
-                                           generator=torch.Generator().manual_seed(seed + i)))
+    contexts = [chat_layout(tok, [prompt]) for prompt in prompts]
+    images = model.generate_images(contexts, num_steps=steps, seeds=[seed + i for i in range(len(prompts))])
     return image_grid_png(images, list(prompts), out)
