@@ -62,13 +62,18 @@ def _dag(form: dict[str, Any]) -> dict[str, dsl.PipelineTask]:
     t["stage1"] = _task(C.stage1, form, data=data, previous=t["autoencoder"].outputs["model"])
     t["stage2"] = _task(C.stage2, form, data=data, previous=t["stage1"].outputs["model"])
     t["stage3"] = _task(C.stage3, form, data=data, previous=t["stage2"].outputs["model"])
+    t["benchmark"] = _task(C.benchmark, form)
+    t["judge"] = _task(C.judge, form, data=data)
+    t["evaluate"] = _task(C.evaluate, form, model=t["stage3"].outputs["model"], data=data,
+                          benchmark=t["benchmark"].outputs["dataset"], judge=t["judge"].outputs["model"])
     with dsl.If(form["run_ablation"] == True, "synergy-ablation"):  # noqa: E712 - a KFP condition, not a bool
         t["ablation"] = _task(C.ablation, form, data=data, previous=t["stage2"].outputs["model"])
     return t
 
 
 @dsl.pipeline(name=P.name, display_name="UniMedVL: medical data to a promoted model",
-              description="ingest -> qc -> tokenizer -> autoencoder -> stage1-3 of the UniMedVL curriculum "
+              description="ingest -> qc -> tokenizer -> autoencoder -> stage1-3 of the UniMedVL curriculum, then "
+                          "benchmark + judge -> evaluate "
                           "(the same steps and code as `dvc repro`), MLflow-tracked; reports and metrics on each node.",
               pipeline_root=ROOT)
 def unimedvl(

@@ -21,3 +21,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory):
+    """The smoke profile's pipeline, run once per session through the library functions: ingest (phantoms
+    only, so it takes seconds) -> qc -> tokenizer -> autoencoder -> stage1-3 -> benchmark -> judge.
+    Tests that need pipeline outputs share it (`tests/pipeline_fixture.py` says what it holds)."""
+    from tests.pipeline_fixture import build_smoke_pipeline
+
+    return build_smoke_pipeline(tmp_path_factory.mktemp("smoke-pipeline"))

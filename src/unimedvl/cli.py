@@ -182,6 +182,85 @@ def qc(
     typer.echo(json.dumps({k: m[k] for k in keep if k in m}))
 
 
+# --- evaluation: benchmark, judge, evaluate (src/unimedvl/evaluate) --------------------------------
+
+@app.command()
+def benchmark(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the benchmark's shards/ + manifest.json.")] = Path("data/benchmark"),
+    params: Annotated[Path, typer.Option(help="params.yaml to read `evaluate.benchmark` and `ingest.phantom` from.")] = Path("params.yaml"),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Generate the phantom evaluation set (finding questions, open questions, report and generation
+    prompts, image pairs) from `evaluate.benchmark.seed`, with exact ground truth."""
+    import json
+
+    from .evaluate.benchmark import BenchmarkError, build_benchmark
+
+    try:
+        m = build_benchmark(output, load_params(params), progress=progress)
+    except (ParamsError, BenchmarkError) as e:
+        _fail(str(e), 1)
+    typer.echo(json.dumps({"output": str(output), "items": m["accepted"], **m["benchmark"]["kinds"]}))
+
+
+@app.command()
+def judge(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for judge.safetensors, judge.json, metrics.json.")] = Path("models/judge"),
+    data: Annotated[Path | None, typer.Option("--data", help="QC'd data set whose real train images join the phantoms.")] = Path("data/qc"),
+    params: Annotated[Path, typer.Option(help="params.yaml to read `evaluate.judge` from.")] = Path("params.yaml"),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Train the generation judge (finding classifier + feature extractor) on phantoms of its own seed
+    and the QC'd real train images; never on generated images. Fails if a finding's held-out AUROC is
+    below `evaluate.judge.min_auroc`."""
+    import json
+
+    from .evaluate.judge import JudgeError, train_judge
+
+    try:
+        m = train_judge(output, load_params(params), data if data and data.exists() else None, progress=progress)
+    except (ParamsError, JudgeError) as e:
+        _fail(str(e), 1)
+    typer.echo(json.dumps({k: m[k] for k in ("auroc", "passes", "wall_s")}))
+    if not m["passes"]:
+        _fail(f"the judge's held-out AUROC {m['auroc']} is below evaluate.judge.min_auroc for some finding: "
+              "raise evaluate.judge.phantoms or epochs", 1)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="Model folder (stage3's output).")] = Path("models/stage3"),
+    data: Annotated[Path, typer.Option("--data", help="QC'd data set (its test split is scored).")] = Path("data/qc"),
+    bench: Annotated[Path, typer.Option("--benchmark", help="Benchmark folder (`unimedvl benchmark`).")] = Path("data/benchmark"),
+    judge_dir: Annotated[Path, typer.Option("--judge", help="Judge folder (`unimedvl judge`).")] = Path("models/judge"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for metrics.json, plots/, report/.")] = Path("eval"),
+    params: Annotated[Path, typer.Option(help="params.yaml to read `evaluate` from.")] = Path("params.yaml"),
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log a child run under the pipeline's MLflow run.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Score a model: VQA (test split + phantom benchmark, blind and majority baselines), reports,
+    generation (judge faithfulness vs an untrained model, domain Frechet distance), image pairs.
+    Writes metrics.json (docs/metrics.md), DVC plots and an HTML report. Exit 0 unless no metric
+    could be computed."""
+    from .evaluate.run import EvaluateError
+    from .evaluate.run import evaluate as run_evaluate
+
+    try:
+        result = run_evaluate(model, data, bench, judge_dir, output, load_params(params), progress=progress,
+                              log_to_mlflow=None if mlflow else False)
+    except (ParamsError, EvaluateError) as e:
+        _fail(str(e), 1)
+    ok = result.computed()
+    typer.echo(f"{ok} of {len(result.metrics)} metrics computed; wrote {output / 'metrics.json'} and {output / 'report' / 'index.html'}")
+    for key in ("vqa.finding.accuracy", "vqa.finding.blind.accuracy", "vqa.finding.mcnemar_p",
+                "generation.faithfulness.mean", "generation.faithfulness.untrained.mean", "generation.faithfulness.permutation_p"):
+        m = result.metrics.get(key)
+        if m is not None:
+            typer.echo(f"  {key}: {m.value if m.value is not None else m.status.value}")
+    if ok == 0:
+        _fail("no metric could be computed: see the reasons in metrics.json", 1)
+
+
 def main() -> None:
     app()
 

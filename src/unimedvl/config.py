@@ -362,6 +362,64 @@ class StorageConfig(_Strict):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"endpoint {v!r} needs a scheme: http://host:port or https://host")
         return v.rstrip("/")
+# --- evaluation: benchmark, judge, evaluate (src/unimedvl/evaluate) ---------------------------------
+
+class BenchmarkConfig(_Strict):
+    """The phantom evaluation set: its own seed, a question mix fixed here (docs/metrics.md)."""
+
+    seed: int = Field(7_000_001, ge=0, description="disjoint from ingest.phantom.seed and evaluate.judge.seed")
+    image_size: int = Field(64, ge=32, le=1024)
+    finding_questions: int = Field(480, ge=2, description="balanced yes/no finding-presence questions (half yes)")
+    open_questions: int = Field(200, ge=0)
+    report_prompts: int = Field(200, ge=0)
+    generation_per_finding: int = Field(100, ge=2, description="t2i prompts per finding: half ask for it, half exclude it")
+    counterfactual_pairs: int = Field(40, ge=0)
+    super_resolution_pairs: int = Field(40, ge=0)
+    cross_modal_pairs: int = Field(40, ge=0)
+    shard_max_mb: int = Field(256, gt=0)
+
+
+class JudgeConfig(_Strict):
+    """The generation judge: a small CNN classifier + feature extractor (never trained on generated images)."""
+
+    seed: int = Field(9_000_001, ge=0, description="phantom seed of its training images")
+    phantoms: int = Field(4000, ge=20, description="phantom images generated for it (80% train / 20% held out)")
+    real_images: int = Field(600, ge=0, description="QC'd real train images added as finding-free negatives")
+    epochs: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    width: int = Field(16, ge=4, description="channels of the first conv block (doubles per block)")
+    feature_dim: int = Field(32, ge=2, description="feature size used for the domain Frechet distance")
+    resolution: int = Field(64, ge=32)
+    min_auroc: float = Field(0.95, ge=0.5, le=1.0, description="held-out AUROC each finding must reach")
+
+
+class EvalSamplingConfig(_Strict):
+    """Sampling during evaluation (recorded in metrics.json inputs); the library defaults stay the reference."""
+
+    steps: int = Field(20, ge=1)
+    cfg_text_scale: float = Field(4.0, ge=1.0)
+    cfg_img_scale: float = Field(1.5, ge=1.0)
+    timestep_shift: float = Field(3.0, gt=0)
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(16, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class EvaluateConfig(_Strict):
+    min_n: int = Field(20, ge=1, description="a family with fewer items is insufficient_samples")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of every interval")
+    permutations: int = Field(2000, ge=100)
+    seed: int = Field(0, ge=0)
+    max_test_items: int = Field(400, ge=0, description="per family (closed, open, report) of the real test split")
+    report_max_new_tokens: int = Field(96, ge=1)
+    inception_torchscript: str | None = None  # a user-supplied TorchScript Inception: adds generation.fid.*
+    grid_images: int = Field(24, ge=0, description="generated images shown in the HTML report")
+    worst_examples: int = Field(8, ge=0)
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    judge: JudgeConfig = JudgeConfig()
+    sampling: EvalSamplingConfig = EvalSamplingConfig()
 
 
 class Params(_Strict):
@@ -376,6 +434,7 @@ class Params(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()
     storage: StorageConfig = StorageConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     # Named overrides of the sections above (e.g. `smoke`); see unimedvl.train.stages.resolve_params.
     profiles: dict[str, dict[str, Any]] = {}
 

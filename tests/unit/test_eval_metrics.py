@@ -1,0 +1,146 @@
+"""Every evaluation metric on hand-made cases with known answers, including where a naive
+implementation goes wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unimedvl.evaluate import understanding as U
+from unimedvl.evaluate.generation import (
+    bicubic_upsample,
+    faithfulness,
+    faithfulness_contributions,
+    frechet_distance,
+    frechet_metric,
+    psnr,
+    region_change,
+    ssim,
+)
+from unimedvl.evaluate.report import bleu, finding_prf, label_report, report_metrics, rouge_l
+from unimedvl.evaluate.schema import FINDINGS, Status
+from unimedvl.evaluate.stats import bootstrap_ci, mcnemar_exact, metric, paired_permutation_test, permutation_test
+
+
+def test_closed_answers_ignore_case_punctuation_and_articles():
+    assert U.closed_correct("Yes.", "yes")
+    assert U.closed_correct("YES, there is an effusion", "Yes")
+    assert not U.closed_correct("No.", "Yes.")
+    assert not U.closed_correct("Effusion.", "No.")  # no yes/no word is wrong, never read as "no"
+    assert U.open_exact("The left lung.", "left lung")
+    assert not U.open_exact("", "")
+
+
+def test_option_letters_and_texts():
+    q = "Which side?\nA. left\nB. right\nC. both"
+    assert U.closed_correct("B", "B", q)
+    assert U.closed_correct("(B) right", "B", q)
+    assert U.closed_correct("right", "B", q)
+    assert U.closed_correct("The answer is right.", "B", q)
+    assert not U.closed_correct("A", "B", q)
+    assert not U.closed_correct("left or right", "B", q)  # two options named: no answer
+
+
+def test_all_yes_answerer_scores_the_yes_share_only():
+    refs = ["Yes."] * 30 + ["No."] * 70
+    acc = np.mean([U.closed_correct("yes", r) for r in refs])
+    assert acc == pytest.approx(0.3)
+    assert U.majority_answers([("presence", r) for r in refs]) == {"presence": "no"}
+
+
+def test_open_recall_counts_reference_tokens():
+    assert U.open_recall("a small left effusion", "Small left pleural effusion.") == pytest.approx(3 / 4)
+    assert U.open_recall("anything", "") == 0.0
+
+
+def test_labeler_negation_and_uncertainty():
+    lab = label_report("FINDINGS: No pleural effusion. Possible right pneumothorax. There is a 9 mm nodule in the "
+                       "RUL. The heart is not enlarged.")
+    assert lab.positive == {"nodule"}
+    assert lab.negative == {"effusion", "cardiomegaly"}
+    assert lab.uncertain == {"pneumothorax"}
+    assert label_report("The costophrenic angles are sharp, without pleural effusion.").positive == frozenset()
+    assert label_report("Enlarged cardiac silhouette (cardiothoracic ratio 0.62).").positive == {"cardiomegaly"}
+    assert label_report("No effusion, but a left pneumothorax.").positive == {"pneumothorax"}
+    # a naive keyword matcher would call "no effusion" an effusion: F1 0 against an empty reference
+    tp, fp, fn, per = finding_prf(["No effusion. No pneumothorax."], [set()])
+    assert (tp, fp, fn, per) == (0, 0, 0, [1.0])
+    tp, fp, fn, _ = finding_prf(["Small left pleural effusion. Possible nodule."], [{"effusion", "nodule"}])
+    assert (tp, fp, fn) == (1, 0, 1)
+
+
+def test_bleu_rouge_meteor():
+    refs = ["there is a small left pleural effusion", "no acute cardiopulmonary abnormality"]
+    assert bleu(refs, refs, 4) == pytest.approx(100.0)
+    assert bleu(["completely different words here"] * 2, refs, 1) == pytest.approx(0.0)
+    assert rouge_l(refs, refs) == [pytest.approx(1.0)] * 2
+    m = report_metrics(refs * 5, refs * 5, [set()] * 10, min_n=5, n_boot=20, seed=0)
+    assert m["report.meteor"].status is Status.unavailable and m["report.meteor"].value is None
+    assert m["report.bleu4"].value == pytest.approx(100.0)
+    few = report_metrics(refs, refs, [None, None], min_n=5, n_boot=20, seed=0)
+    assert few["report.bleu1"].status is Status.insufficient_samples
+
+
+def test_ssim_psnr_constant_and_known_cases():
+    c = np.full((32, 32), 0.5)
+    assert ssim(c, c) == 1.0 and psnr(c, c) == 100.0  # a naive SSIM divides 0 by 0 on constant images
+    assert psnr(c, c + 0.1) == pytest.approx(20.0)
+    rng = np.random.default_rng(0)
+    img = rng.random((32, 32))
+    assert ssim(img, img) == 1.0
+    noisy = [ssim(img, np.clip(img + rng.normal(0, s, img.shape), 0, 1)) for s in (0.05, 0.2, 0.5)]
+    assert 1.0 > noisy[0] > noisy[1] > noisy[2]
+    assert -1.0 <= ssim(c, img) <= 1.0
+
+
+def test_bicubic_and_region_change():
+    big = np.add.outer(np.linspace(0, 1, 16), np.zeros(16))
+    low = big.reshape(4, 4, 4, 4).mean(axis=(1, 3))
+    assert psnr(bicubic_upsample(low, 16), big) > 25
+    before = np.zeros((8, 8))
+    after = before.copy()
+    after[:2, :2] = 1.0
+    mask = np.zeros((8, 8))
+    mask[:2, :2] = 1
+    assert region_change(before, after, mask) == (1.0, 0.0)
+
+
+def test_faithfulness_paint_everything_scores_zero():
+    finding = np.array(["nodule"] * 10 + ["effusion"] * 10)
+    asks = np.array([True, False] * 10)
+    everything = np.ones((20, len(FINDINGS)), dtype=bool)
+    assert faithfulness(everything, finding, asks)["nodule"] == 0.0
+    perfect = np.zeros((20, len(FINDINGS)), dtype=bool)
+    perfect[:10, FINDINGS.index("nodule")] = asks[:10]
+    perfect[10:, FINDINGS.index("effusion")] = asks[10:]
+    f = faithfulness(perfect, finding, asks)
+    assert f["nodule"] == 1.0 and f["effusion"] == 1.0 and f["lesion"] is None
+    assert faithfulness_contributions(perfect, finding, asks).sum() == pytest.approx(1.0)
+    assert faithfulness_contributions(everything, finding, asks).sum() == pytest.approx(0.0)
+    p = paired_permutation_test(faithfulness_contributions(perfect, finding, asks)
+                                - faithfulness_contributions(everything, finding, asks), 2000, 0)
+    assert p < 0.01
+
+
+def test_statistics():
+    assert mcnemar_exact([True] * 20, [False] * 20)[0] < 1e-5
+    assert mcnemar_exact([True, False], [True, False]) == (1.0, 0, 0)
+    p, n01, n10 = mcnemar_exact([True] * 12 + [False] * 8, [False] * 12 + [True] * 8)
+    assert (n01, n10) == (12, 8) and p > 0.3
+    lo, hi = bootstrap_ci(np.r_[np.zeros(50), np.ones(50)], n_boot=500, seed=1)
+    assert lo < 0.5 < hi and hi - lo < 0.3
+    assert metric([1.0] * 3, min_n=5).status is Status.insufficient_samples
+    assert permutation_test([1.0] * 30, [0.0] * 30, 500) < 0.01
+    assert permutation_test([0.0] * 30, [1.0] * 30, 500) > 0.9
+
+
+def test_frechet_distance_known_gaussians():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (4000, 4))
+    b = rng.normal(0, 1, (4000, 4)) + np.array([2.0, 0, 0, 0])
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, b) == pytest.approx(4.0, rel=0.1)
+    c = rng.normal(0, 2, (4000, 4))  # same mean, std 2: 4 * (1 + 4 - 2 * 2) = 4
+    assert frechet_distance(a, c) == pytest.approx(4.0, rel=0.1)
+    few = frechet_metric(a[:7], b[:7])
+    assert few.status is Status.insufficient_samples and "needs >= 8" in few.reason
