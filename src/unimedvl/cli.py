@@ -139,6 +139,7 @@ def train(
     profile: Annotated[str | None, typer.Option("--profile", help="Entry of `profiles` in params.yaml (e.g. smoke).")] = None,
     params: Annotated[Path, typer.Option(help="params.yaml to read.")] = Path("params.yaml"),
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    heldout: Annotated[Path | None, typer.Option("--heldout", help="The `heldout` step's folder (default: the data folder's sibling `heldout`).")] = None,
 ) -> None:
     """Train one curriculum stage (DESIGN section 6): each starts from the previous stage's folder and
     writes a model folder in the released layout; tracked in MLflow."""
@@ -149,11 +150,36 @@ def train(
     try:
         summary = run_stage(stage, data, output or Path("models") / stage, load_params(params), init=init,
                             prev_dir=from_, max_steps=max_steps, ray_address=ray_address, profile=profile,
-                            progress=progress)
+                            progress=progress, heldout_dir=heldout)
     except (ParamsError, StageError, FileNotFoundError) as e:
         _fail(str(e), 1)
-    keep = ("stage", "steps", "heldout_start", "heldout_end", "wall_s", "run_id")
-    typer.echo(json.dumps({k: summary[k] for k in keep if k in summary}))
+    keep = ("stage", "steps", "wall_s", "run_id")
+    out = {k: summary[k] for k in keep if k in summary}
+    for k in ("heldout_start", "heldout_end"):
+        if k in summary:
+            out[k] = {m: summary[k].get(m) for m in ("weights", "loss", "ce", "mse") if m in summary[k]}
+    typer.echo(json.dumps(out))
+
+
+@app.command()
+def heldout(
+    data: Annotated[Path, typer.Option("--data", help="QC'd shard folder (manifest.json + shards/).")] = Path("data/qc"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for heldout.json.")] = Path("data/heldout"),
+    params: Annotated[Path, typer.Option(help="params.yaml to read the `heldout` section from.")] = Path("params.yaml"),
+) -> None:
+    """Choose the fixed held-out set of this data version (val split, every task family and source,
+    `heldout.per_family` each): every training stage measures its start and end on it."""
+    import json
+
+    from .train.heldout import run_heldout
+    from .train.stages import StageError
+
+    try:
+        summary = run_heldout(data, output, load_params(params))
+    except (ParamsError, StageError) as e:
+        _fail(str(e), 1)
+    typer.echo(json.dumps({"n": summary["n"], "families": {f: {k: v[k] for k in ("n", "available", "flag")}
+                                                           for f, v in summary["families"].items()}}))
 
 
 @app.command()

@@ -126,6 +126,8 @@ class AutoencoderConfig(_Strict):
 class DeepSpeedConfig(_Strict):
     zero_stage: int = Field(2, ge=0, le=3)
     offload_optimizer: bool = False  # ZeRO-Offload to CPU (needs DeepSpeed's JIT-built CPU Adam)
+    # ZeRO-3: parameters with fewer elements stay whole on every rank (DeepSpeed's default 1e5).
+    param_persistence_threshold: int = Field(100_000, ge=0)
 
 
 class StageConfig(_Strict):
@@ -169,7 +171,7 @@ class TrainConfig(_Strict):
     max_failures: int = Field(1, ge=-1)
     checkpoint_every: int = Field(50, gt=0)
     checkpoint_dir: str = "build/checkpoints"  # outside DVC outputs: a re-run resumes from here
-    heldout_samples: int = Field(8, gt=0)
+    heldout_samples: int = Field(8, gt=0)  # per family, when a stage gets no `heldout` step output
     keep_checkpoints: int = Field(2, ge=1)  # step folders kept per stage run (older ones are pruned)
     log_every: int = Field(1, gt=0)
     grid_prompts: tuple[str, ...] = (
@@ -198,6 +200,15 @@ class TrainConfig(_Strict):
         if v not in ("auto", "bf16", "fp32"):
             raise ValueError("precision must be auto, bf16 or fp32")
         return v
+
+
+class HeldoutConfig(_Strict):
+    """The `heldout` step: the fixed held-out set every training stage measures (train/heldout.py)."""
+
+    per_family: int = Field(64, gt=0, description="samples per task family (all of them when val has fewer)")
+    seed: int = 0
+    split: str = "val"
+    min_text_tokens: int = Field(2000, ge=0, description="supervised text tokens the set should hold (flagged when short)")
 
 
 class TrackingConfig(_Strict):
@@ -435,6 +446,7 @@ class Params(_Strict):
     pipeline: PipelineConfig = PipelineConfig()
     storage: StorageConfig = StorageConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    heldout: HeldoutConfig = HeldoutConfig()
     # Named overrides of the sections above (e.g. `smoke`); see unimedvl.train.stages.resolve_params.
     profiles: dict[str, dict[str, Any]] = {}
 

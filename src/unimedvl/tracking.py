@@ -25,6 +25,8 @@ its own child already FINISHED under the newest parent of that key opens a new p
 child of the same parent. ingest, whose data id only exists once it has written its manifest, passes
 `defer_parent=True`: its child is attached to the parent when it exits.
 
+KFP's `ExitHandler` closes the parent with `finish_pipeline(failed=...)`.
+
 Killed runs. A child of the same step still RUNNING under the parent when the step starts again belongs
 to a process that died (SIGKILL, OOM, a lost node): it is marked KILLED and the new child carries tag
 `unimedvl.retry_of` (and `run.retry_of`) so training can copy the killed run's curve onto it; a FAILED
@@ -420,6 +422,25 @@ def step_run(step: str, *, params: dict[str, Any] | None = None, data: str | Pat
                 run.set_tags({RETRY_OF_TAG: link})
         tracker.client.set_terminated(run_id, status)
         update_parent_status(tracker, run.parent_id)
+
+
+def finish_pipeline(tracking=None, data: str | Path | None = None, failed: bool = False) -> tuple[str | None, str]:
+    """Close this pipeline run's parent (KFP's ExitHandler calls it): the worst status among the latest
+    child of each step, or FAILED when the pipeline itself failed. Returns (parent id, status)."""
+    cfg = _tracking_cfg(tracking)
+    if not cfg.enabled:
+        return None, "DISABLED"
+    tracker = Tracker(tracking_uri(cfg.uri), cfg.experiment)
+    key = pipeline_key(data)
+    found = _search(tracker, f"tags.`{PIPELINE_KEY_TAG}` = '{key}' and tags.`{ROLE_TAG}` = 'pipeline'")
+    if not found:
+        return None, "NONE"
+    parent = found[0].info.run_id
+    status = update_parent_status(tracker, parent)
+    if failed and status != "FAILED":
+        tracker.client.set_terminated(parent, "FAILED")
+        status = "FAILED"
+    return parent, status
 
 
 class SystemMetrics:

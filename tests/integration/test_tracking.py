@@ -151,6 +151,17 @@ def test_fallback_key_names_the_ingest_data(store, tmp_path, monkeypatch):
     assert client.get_run(ing.run_id).data.tags[PARENT_TAG] == s1.parent_id
 
 
+def test_finish_pipeline_closes_the_parent(store):
+    from unimedvl.tracking import finish_pipeline
+
+    client, cfg = store
+    with step_run("stage1", tracking=cfg) as run:
+        pass
+    assert finish_pipeline(cfg) == (run.parent_id, "FINISHED")
+    assert finish_pipeline(cfg, failed=True) == (run.parent_id, "FAILED")
+    assert client.get_run(run.parent_id).info.status == "FAILED"
+
+
 def test_disabled_tracking_is_a_no_op(tmp_path):
     with step_run("evaluate", tracking=TrackingConfig(enabled=False)) as run:
         run.log_metrics({"x": 1.0})

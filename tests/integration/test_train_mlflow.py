@@ -89,7 +89,8 @@ def test_runs_params_metrics_artifacts(mlflow_server, tmp_path, monkeypatch):
     for m in ("loss", "ce", "mse", "lr", "grad_norm", "tokens_per_s", "samples_per_s"):
         hist = client.get_metric_history(s1.info.run_id, m)
         assert [h.step for h in hist] == list(range(1, 7)), m
-    assert "heldout_loss" in s1.data.metrics and "heldout_ema_loss" in s1.data.metrics
+    assert "heldout_loss" in s1.data.metrics and "heldout_raw_loss" in s1.data.metrics
+    assert "heldout_ce.i2t" in s1.data.metrics and "heldout_mse.t2i" in s1.data.metrics
     assert any(k.startswith("system/") for k in s1.data.metrics), sorted(s1.data.metrics)
     top = {a.path for a in client.list_artifacts(s1.info.run_id)}
     assert {"loss_curves.png", "samples.png", "resolved_config.yaml", "model", "losses.jsonl"} <= top

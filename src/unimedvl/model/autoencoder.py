@@ -182,11 +182,14 @@ class AutoEncoder(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
 
-    def encode(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents: the posterior mean, or (`sample`, as FLUX's encoder does in BAGEL's training)
+        a draw from the posterior, from `generator`."""
         mean, logvar = self.encoder(x).chunk(2, dim=1)
         z = mean
         if sample:
-            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            eps = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
+            z = mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * eps
         return self.cfg.scale_factor * (z - self.cfg.shift_factor)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -111,12 +111,17 @@ class Routing:
     n: int
     und: torch.Tensor | None
     gen: torch.Tensor | None
+    # Run both experts even when one side is empty (zero rows): under ZeRO-3 every rank must call the
+    # same modules, since each call gathers that module's partitioned parameters collectively.
+    uniform: bool = False
 
     @classmethod
-    def from_gen_mask(cls, is_gen: torch.Tensor) -> Routing:
+    def from_gen_mask(cls, is_gen: torch.Tensor, uniform: bool = False) -> Routing:
         n = int(is_gen.numel())
         gen = torch.nonzero(is_gen).flatten()
         und = torch.nonzero(~is_gen).flatten()
+        if uniform:
+            return cls(n, und, gen, True)
         return cls(n, und if und.numel() else None, gen if gen.numel() else None)
 
     @classmethod
@@ -125,6 +130,8 @@ class Routing:
 
     def apply(self, x: torch.Tensor, f_und: Callable, f_gen: Callable) -> torch.Tensor:
         """Run f_und on understanding rows and f_gen on generation rows; rows keep their places."""
+        if self.uniform and (self.gen is None or self.und is None):
+            raise ValueError("a uniform routing holds both index sets (possibly empty)")
         if self.gen is None:
             return f_und(x)
         if self.und is None:

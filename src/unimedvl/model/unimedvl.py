@@ -252,6 +252,9 @@ class UniMedVL(nn.Module):
         self.cfg = cfg
         self.special = special
         self.attention = attention  # auto (flex on GPU, sdpa on CPU) | sdpa | flex
+        # Every module runs on every forward (zero-row or dummy inputs where a batch has none of its
+        # tokens): ZeRO-3 gathers a module's parameters collectively when it runs (train/ray_job.py).
+        self.uniform_calls = False
         h = cfg.llm.hidden_size
         self.language_model = LanguageModel(cfg.llm)
         self.vit_model = VisionModel(cfg.vit)
@@ -286,17 +289,27 @@ class UniMedVL(nn.Module):
         s = self.cfg.timestep_shift
         return s * t / (1 + (s - 1) * t)
 
-    def clean_latent_tokens(self, batch: PackedBatch) -> torch.Tensor:
-        """All latent images of the batch as patch tokens [N_latent, p*p*z] (encoding images when needed)."""
+    def clean_latent_tokens(self, batch: PackedBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """All latent images of the batch as patch tokens [N_latent, p*p*z], encoding images when needed:
+        one encoder call per image size; in training the latents are posterior draws (as BAGEL's), in
+        eval mode the posterior mean."""
         dev, dtype = self.vae2llm.weight.device, self.vae2llm.weight.dtype
-        out = []
-        for seg in batch.latents:
-            z = seg.latent
-            if z is None:
-                with torch.no_grad():
-                    z = self.autoencoder.encode(seg.image[None].to(dev, self.autoencoder.encoder.conv_in.weight.dtype))[0]
-            out.append(patchify_latent(z.to(dev, dtype), self.cfg.latent_patch_size))
-        return torch.cat(out)
+        ae_dtype = self.autoencoder.encoder.conv_in.weight.dtype
+        todo: dict[tuple, list[int]] = {}
+        for i, seg in enumerate(batch.latents):
+            if seg.latent is None:
+                todo.setdefault(tuple(seg.image.shape), []).append(i)
+        if self.uniform_calls and len(todo) > 1:
+            raise ValueError(f"uniform calls need one image size per batch, got {sorted(todo)}")
+        zs: list[torch.Tensor | None] = [s.latent for s in batch.latents]
+        with torch.no_grad():
+            for idx in todo.values():
+                stack = torch.stack([batch.latents[i].image for i in idx]).to(dev, ae_dtype)
+                for i, z in zip(idx, self.autoencoder.encode(stack, sample=self.training, generator=generator), strict=True):
+                    zs[i] = z
+            if self.uniform_calls and not todo:  # the encoder's one call of this forward on every rank
+                self.autoencoder.encode(torch.zeros(1, self.cfg.vae.in_channels, 16, 16, device=dev, dtype=ae_dtype))
+        return torch.cat([patchify_latent(z.to(dev, dtype), self.cfg.latent_patch_size) for z in zs])
 
     def embed(
         self,
@@ -314,10 +327,23 @@ class UniMedVL(nn.Module):
             feats = self.vit_model(batch.vit_patches.to(dtype), batch.vit_position_ids, batch.vit_seqlens)
             feats = self.connector(feats) + self.vit_pos_embed(batch.vit_position_ids)
             seq = seq.index_copy(0, batch.vit_index, feats)
+        elif self.uniform_calls:  # a one-patch dummy keeps the ViT path in every rank's graph, at weight 0
+            p = self.cfg.vit.patch_size
+            ids = torch.zeros(1, dtype=torch.long, device=dev)
+            dummy = self.vit_model(torch.zeros(1, self.cfg.vit.num_channels * p * p, device=dev, dtype=dtype), ids, [1])
+            seq = seq + 0.0 * (self.connector(dummy) + self.vit_pos_embed(ids)).sum()
         is_gen = torch.zeros(batch.length, dtype=torch.bool, device=dev)
         extra: dict = {}
+        if batch.latent_index is None and self.uniform_calls:
+            ids = torch.zeros(1, dtype=torch.long, device=dev)
+            with torch.no_grad():  # the encoder's one call of this forward
+                self.autoencoder.encode(torch.zeros(1, self.cfg.vae.in_channels, 16, 16, device=dev,
+                                                    dtype=self.autoencoder.encoder.conv_in.weight.dtype))
+            dummy = self.vae2llm(torch.zeros(1, self.cfg.patch_latent_dim, device=dev, dtype=dtype))
+            dummy = dummy + self.time_embedder(torch.zeros(1, device=dev)).to(dtype) + self.latent_pos_embed(ids)
+            seq = seq + 0.0 * dummy.sum()
         if batch.latent_index is not None:
-            clean = self.clean_latent_tokens(batch)
+            clean = self.clean_latent_tokens(batch, generator)
             noised = torch.tensor([s.noised for s in batch.latents], device=dev)
             if timesteps is None:
                 # Logit-normal timesteps, then shifted; clean conditions sit at t = 0.
@@ -333,7 +359,7 @@ class UniMedVL(nn.Module):
             seq = seq.index_copy(0, batch.latent_index, tokens)
             is_gen[batch.latent_index] = True
             extra = {"target": (noise - clean), "mse_rows": noised[batch.latent_image_of_token], "timesteps": timesteps}
-        return seq, Routing.from_gen_mask(is_gen), extra
+        return seq, Routing.from_gen_mask(is_gen, self.uniform_calls), extra
 
     def attention_mask(self, layout: AttentionLayout):
         use_flex = self.attention == "flex" or (self.attention == "auto" and layout.sample.is_cuda)
@@ -355,12 +381,16 @@ class UniMedVL(nn.Module):
         if batch.ce_index is not None:
             logits = self.language_model.lm_head(hidden.index_select(0, batch.ce_index)).float()
             ce, n_ce = F.cross_entropy(logits, batch.ce_labels), int(batch.ce_index.numel())
+        elif self.uniform_calls:
+            ce = ce + 0.0 * self.language_model.lm_head(hidden[:1]).float().sum()
         mse, n_mse = zero, 0
         if extra and bool(extra["mse_rows"].any()):
             rows = batch.latent_index[extra["mse_rows"]]
             pred = self.llm2vae(hidden.index_select(0, rows)).float()
             mse = ((pred - extra["target"][extra["mse_rows"]].float()) ** 2).mean()
             n_mse = int(rows.numel())
+        elif self.uniform_calls:
+            mse = mse + 0.0 * self.llm2vae(hidden[:1]).float().sum()
         loss = self.cfg.ce_weight * ce + self.cfg.mse_weight * mse
         return {"loss": loss, "ce": ce, "mse": mse, "n_ce": n_ce, "n_mse": n_mse}
 

@@ -299,41 +299,6 @@ class MixtureLoader:
                 q.get_nowait()
 
 
-def heldout_batch(data_dir: str | Path, tokenizer, spec: StageSpec, cfg: ModelConfig, n: int, seed: int = 1234,
-                  mixture: dict[str, float] | None = None) -> PackedBatch:
-    """A fixed evaluation batch from the `val` split (the `train` split when there is no `val`): `n`
-    samples spread over the stage's task categories in proportion, within the token budget x 2."""
-    store = ShardStore(data_dir, "val")
-    try:
-        probs = _probs_for(store, spec, mixture)
-    except ValueError:
-        store = ShardStore(data_dir, "train")
-        probs = _probs_for(store, spec, mixture)
-    rng = np.random.default_rng(seed)
-    want = {c: max(1, round(p * n)) for c, p in probs.items()}
-    samples, used = [], 0
-    for cat, k in want.items():
-        refs = store.by_category[cat]
-        for i in rng.permutation(len(refs))[: k * 3]:
-            if k <= 0:
-                break
-            s = record_to_sample(store.row(refs[int(i)]), tokenizer, spec, cfg)
-            if used + s.tokens > 2 * spec.max_tokens:
-                continue
-            samples.append(s.segments)
-            used += s.tokens
-            k -= 1
-    if not samples:
-        raise ValueError(f"no held-out samples fit in {2 * spec.max_tokens} tokens")
-    return pack(samples, cfg, tokenizer.special)
-
-
-def _probs_for(store: ShardStore, spec: StageSpec, mixture: dict[str, float] | None) -> dict[str, float]:
-    from .curriculum import normalise
-
-    return normalise(mixture or spec.mixture, store.available())
-
-
 def all_images(data_dir: str | Path, split: str = "train", limit: int = 4096, seed: int = 0) -> list[bytes]:
     """PNG bytes of up to `limit` images (inputs and outputs) of a split, for fitting the autoencoder."""
     out: list[bytes] = []

@@ -32,14 +32,18 @@ EPS = 1e-15
 class TrainModule(nn.Module):
     """The model plus the touch-every-parameter term; what DDP / DeepSpeed wrap."""
 
-    def __init__(self, model: UniMedVL):
+    def __init__(self, model: UniMedVL, touch: bool = True):
         super().__init__()
         self.model = model
+        # Under ZeRO-3 the model runs every module instead (`uniform_calls`): outside their module's
+        # forward, partitioned parameters are empty placeholders, so touching them would do nothing.
+        self.touch = touch
 
     def forward(self, batch: PackedBatch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         out = self.model(batch, generator=generator)
-        touch = sum((p.sum() for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
-        out["loss"] = out["loss"] + 0.0 * touch.float()
+        if self.touch:
+            touch = sum((p.sum() for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
+            out["loss"] = out["loss"] + 0.0 * touch.float()
         return out
 
 
@@ -139,6 +143,34 @@ class StepResult:
     n_mse: int
 
 
+def _global_token_means(out: dict, module: nn.Module) -> dict:
+    """With several ranks, CE and MSE become means over every supervised token of every rank (as BAGEL
+    normalises them): each rank's mean is rescaled by n_rank * world / n_total, so the gradient the ranks
+    average is the gradient of the global token mean, not the mean of per-rank means. The logged values
+    are the global means too."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return out
+    world = dist.get_world_size()
+    ce, mse = out["ce"], out["mse"]
+    n_ce, n_mse = float(out["n_ce"]), float(out["n_mse"])
+    stats = torch.tensor([n_ce, n_mse, float(ce.detach()) * n_ce, float(mse.detach()) * n_mse], dtype=torch.float64,
+                         device=ce.device)
+    dist.all_reduce(stats)
+    inner = module
+    while not hasattr(inner, "model") and hasattr(inner, "module"):  # DDP / DeepSpeed wrappers
+        inner = inner.module
+    cfg = inner.model.cfg if hasattr(inner, "model") else inner.cfg
+    ce_s = ce * (n_ce * world / stats[0].item()) if stats[0] > 0 else ce * 0.0
+    mse_s = mse * (n_mse * world / stats[1].item()) if stats[1] > 0 else mse * 0.0
+    loss = out["loss"] + cfg.ce_weight * (ce_s - ce) + cfg.mse_weight * (mse_s - mse)
+    g_ce = stats[2].item() / stats[0].item() if stats[0] > 0 else 0.0
+    g_mse = stats[3].item() / stats[1].item() if stats[1] > 0 else 0.0
+    return {**out, "loss": loss, "ce_global": g_ce, "mse_global": g_mse,
+            "loss_global": cfg.ce_weight * g_ce + cfg.mse_weight * g_mse}
+
+
 def train_step(
     module: nn.Module,
     batch: PackedBatch,
@@ -158,6 +190,7 @@ def train_step(
     batch = batch.to(device)
     with autocast(device, precision):
         out = (engine or module)(batch, generator=generator)
+    out = _global_token_means(out, module if engine is None else engine.module)
     if engine is not None:
         lr = float(engine.get_lr()[0])  # the rate this step applies: engine.step() advances the schedule
         engine.backward(out["loss"])
@@ -174,18 +207,11 @@ def train_step(
         scheduler.step()
     if ema is not None:
         ema.update(ema_model)
+    if "ce_global" in out:
+        return StepResult(out["loss_global"], out["ce_global"], out["mse_global"], grad_norm, lr, int(out["n_ce"]),
+                          int(out["n_mse"]))
     return StepResult(float(out["loss"].detach()), float(out["ce"].detach()), float(out["mse"].detach()), grad_norm, lr,
                       int(out["n_ce"]), int(out["n_mse"]))
-
-
-@torch.no_grad()
-def evaluate(model: UniMedVL, batch: PackedBatch, seed: int = 0, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Losses of a fixed batch with fixed timesteps and noise (the held-out curve)."""
-    was = model.training
-    model.eval()
-    out = model(batch.to(device), generator=torch.Generator().manual_seed(seed))
-    model.train(was)
-    return {"loss": float(out["loss"]), "ce": float(out["ce"]), "mse": float(out["mse"])}
 
 
 def rng_state() -> dict:

@@ -70,11 +70,11 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     from ..model.checkpoint import load_model, save_model
     from ..model.tokenizer import load_tokenizer
     from .curriculum import StageSpec, apply_freezing
-    from .data import STAGE_IDS, MixtureLoader, ShardStore, heldout_batch
+    from .data import STAGE_IDS, MixtureLoader, ShardStore
+    from .heldout import load_heldout, measure, paired_delta, summarise
     from .loop import (
         EMA,
         TrainModule,
-        evaluate,
         make_optimizer,
         make_scheduler,
         set_rng_state,
@@ -109,7 +109,27 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     model, _ = load_model(config["init_dir"], weights=config.get("init_weights", "ema"))
     apply_freezing(model, spec.frozen)
     model.to(device).train()
-    module = TrainModule(model)
+    zero3 = strategy == "deepspeed" and int(config["deepspeed"]["zero_stage"]) == 3
+    model.uniform_calls = zero3
+    module = TrainModule(model, touch=not zero3)
+    found = latest_checkpoint(ckpt_dir)
+
+    # The held-out set, and its first measurement while the weights are still whole (before ZeRO-3
+    # partitions them); a resumed run reads that measurement from its checkpoint.
+    held = None
+    mixture = config["mixture_by_rank"][0] if config.get("mixture_by_rank") else spec.mixture
+    eval_tokens = 2 * spec.max_tokens
+
+    def heldout_summary(per, weights: str) -> dict:
+        return summarise(per, held, mixture, model.cfg.ce_weight, model.cfg.mse_weight, weights)
+
+    heldout_start = None  # (summary, per-sample sums): the paired bootstrap needs the samples
+    if rank == 0:
+        held = load_heldout(config["data_dir"], config["heldout_dir"], tokenizer, spec, model.cfg)
+        if found is None:
+            per = measure(model, held, device, eval_tokens)
+            heldout_start = (heldout_summary(per, f"init: {config.get('init_weights', 'ema')} weights of "
+                                                  f"{Path(config['init_dir']).name}"), per)
 
     optimizer = make_optimizer(model, spec)
     scheduler = make_scheduler(optimizer, spec, total)
@@ -127,8 +147,6 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     # -- resume ------------------------------------------------------------------------------------
     start, samples_seen, tokens_seen = 0, 0, 0
-    heldout_start = None
-    found = latest_checkpoint(ckpt_dir)
     if found is not None:
         start, path = found
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
@@ -150,15 +168,10 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     by_rank = config.get("mixture_by_rank")
     loader = MixtureLoader(store, tokenizer, spec, model.cfg, seed=int(config["seed"]), rank=rank, world_size=world,
                            mixture=by_rank[rank] if by_rank else None)
-    held = None
     tracker, run_id = None, config.get("run_id")
     if rank == 0:
-        held = heldout_batch(config["data_dir"], tokenizer, spec, model.cfg, int(config.get("heldout_samples", 8)),
-                             mixture=by_rank[0] if by_rank else None)
-        if heldout_start is None:
-            heldout_start = evaluate(model, held, device=device)
         tracker = Tracker(config["tracking_uri"], config.get("experiment", "unimedvl"), enabled=bool(run_id))
-        tracker.log_metrics(run_id, [(0, {f"heldout_{k}": v for k, v in heldout_start.items()})])
+        tracker.log_metrics(run_id, [(0, _flat_heldout("heldout", heldout_start[0]))])
         losses_path = ckpt_dir / LOSSES
         kept = read_losses(ckpt_dir, before=start + 1)
         # A resumed run is a new MLflow run (the killed one is marked KILLED and linked): give it the
@@ -182,7 +195,10 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             os._exit(1)
         res = train_step(wrapped, batch.packed, optimizer, scheduler, generator=step_generator(int(config["seed"]), stage_id, step, rank),
                          grad_clip=spec.grad_clip, precision=config.get("precision", "auto"), device=device,
-                         engine=engine, ema=ema, ema_model=model)
+                         engine=engine, ema=None if zero3 else ema, ema_model=model)
+        if zero3:  # every rank gathers the partitions and keeps the same full EMA
+            with _gathered(model, trainable_only=True):
+                ema.update(model)
         now = time.perf_counter()
         dt, t_last = now - t_last, now
         samples_seen += batch.samples * world
@@ -211,20 +227,64 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     end_step = max(start, step + 1) if total > start else start
 
     # -- the final model: raw weights + EMA copy, in the released layout -----------------------------
+    whole = _whole_model(model, zero3, rank)  # collective under ZeRO-3; a plain copy on rank 0
     if rank == 0:
-        heldout_end = evaluate(model, held, device=device)
-        ema_model = ema.copy_to(copy.deepcopy(model))
-        heldout_end_ema = evaluate(ema_model, held, device=device)
-        tracker.log_metrics(run_id, [(end_step, {**{f"heldout_{k}": v for k, v in heldout_end.items()},
-                                                 **{f"heldout_ema_{k}": v for k, v in heldout_end_ema.items()}})])
-        save_model(model, config["out_dir"], lineage=config.get("lineage"), ema=ema_model, tokenizer=tokenizer)
+        raw_per = measure(whole, held, device, eval_tokens)
+        ema_model = ema.copy_to(copy.deepcopy(whole))
+        ema_per = measure(ema_model, held, device, eval_tokens)
+        end_raw, end_ema = heldout_summary(raw_per, "raw"), heldout_summary(ema_per, "ema")
+        start_per = heldout_start[1]
+        delta = {"ce_ema": paired_delta(start_per, ema_per, held, mixture, "ce"),
+                 "mse_ema": paired_delta(start_per, ema_per, held, mixture, "mse"),
+                 "ce_raw": paired_delta(start_per, raw_per, held, mixture, "ce")}
+        tracker.log_metrics(run_id, [(end_step, {**_flat_heldout("heldout", end_ema), **_flat_heldout("heldout_raw", end_raw)})])
+        save_model(whole, config["out_dir"], lineage=config.get("lineage"), ema=ema_model, tokenizer=tokenizer)
         result = {"stage": spec.name, "steps": end_step, "start_step": start, "samples_seen": samples_seen,
-                  "tokens_seen": tokens_seen, "heldout_start": heldout_start, "heldout_end": heldout_end,
-                  "heldout_end_ema": heldout_end_ema, "world_size": world, "strategy": strategy}
+                  "tokens_seen": tokens_seen, "heldout_start": heldout_start[0], "heldout_end": end_ema,
+                  "heldout_end_raw": end_raw, "heldout_delta": delta, "heldout_set": held.info,
+                  "next_stage_starts_from": "ema", "ema_decay_final": ema.current_decay(),
+                  "ema_updates": ema.updates, "world_size": world, "strategy": strategy}
         _write_json(ckpt_dir / RESULT, result)
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return result if rank == 0 else None
+
+
+def _gathered(model, trainable_only: bool = False):
+    """ZeRO-3: the full parameters on every rank for the duration of the block (a collective)."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad or not trainable_only]
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def _whole_model(model, zero3: bool, rank: int):
+    """The model with whole weights: itself, or under ZeRO-3 a plain copy built on rank 0 from the
+    gathered partitions (every rank takes part in the gather), so evaluation and saving need no
+    collectives and never deadlock."""
+    if not zero3:
+        return model
+    from ..model.checkpoint import build_meta
+
+    with _gathered(model):
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()} if rank == 0 else None
+    if rank != 0:
+        return None
+    plain = build_meta(model.cfg, model.special)
+    plain.load_state_dict(state, assign=True)
+    for (_, a), (_, b) in zip(plain.named_parameters(), model.named_parameters(), strict=True):
+        a.requires_grad_(b.requires_grad)
+    return plain.train(model.training)
+
+
+def _flat_heldout(prefix: str, summary: dict) -> dict[str, float]:
+    """MLflow metrics of a held-out summary: mixture-weighted loss/ce/mse and per-family ce/mse."""
+    out = {f"{prefix}_{k}": summary[k] for k in ("loss", "ce", "mse") if summary.get(k) is not None}
+    for fam, v in summary["families"].items():
+        for k in ("ce", "mse"):
+            if v[k] is not None:
+                out[f"{prefix}_{k}.{fam}"] = v[k]
+    return out
 
 
 def _save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, ema, engine, rank: int, world: int,
@@ -261,6 +321,9 @@ def _save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler, ema
 def deepspeed_config(spec, config: dict[str, Any]) -> dict[str, Any]:
     """The DeepSpeed JSON config the params imply (micro batch 1 = one packed sequence per worker)."""
     zero = {"stage": int(config["deepspeed"]["zero_stage"])}
+    if zero["stage"] == 3:
+        # Parameters below this many elements stay whole on every rank (DeepSpeed's default: 1e5).
+        zero["stage3_param_persistence_threshold"] = int(config["deepspeed"].get("param_persistence_threshold", 100_000))
     if config["deepspeed"].get("offload_optimizer"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     bf16 = config.get("precision") == "bf16" or (config.get("precision") == "auto" and torch.cuda.is_available()
