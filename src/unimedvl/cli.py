@@ -210,6 +210,17 @@ def qc(
 
 # --- evaluation: benchmark, judge, evaluate (src/unimedvl/evaluate) --------------------------------
 
+def _eval_params(path: Path):
+    """params.yaml with the selected profile applied (env UNIMEDVL_PROFILE or train.profile), once:
+    the library functions take resolved params."""
+    from .train.stages import StageError, resolve_params
+
+    try:
+        return resolve_params(load_params(path))
+    except StageError as e:
+        raise ParamsError(str(e)) from None
+
+
 @app.command()
 def benchmark(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the benchmark's shards/ + manifest.json.")] = Path("data/benchmark"),
@@ -223,7 +234,7 @@ def benchmark(
     from .evaluate.benchmark import BenchmarkError, build_benchmark
 
     try:
-        m = build_benchmark(output, load_params(params), progress=progress)
+        m = build_benchmark(output, _eval_params(params), progress=progress)
     except (ParamsError, BenchmarkError) as e:
         _fail(str(e), 1)
     typer.echo(json.dumps({"output": str(output), "items": m["accepted"], **m["benchmark"]["kinds"]}))
@@ -244,7 +255,7 @@ def judge(
     from .evaluate.judge import JudgeError, train_judge
 
     try:
-        m = train_judge(output, load_params(params), data if data and data.exists() else None, progress=progress)
+        m = train_judge(output, _eval_params(params), data if data and data.exists() else None, progress=progress)
     except (ParamsError, JudgeError) as e:
         _fail(str(e), 1)
     typer.echo(json.dumps({k: m[k] for k in ("auroc", "passes", "wall_s")}))
@@ -272,7 +283,7 @@ def evaluate(
     from .evaluate.run import evaluate as run_evaluate
 
     try:
-        result = run_evaluate(model, data, bench, judge_dir, output, load_params(params), progress=progress,
+        result = run_evaluate(model, data, bench, judge_dir, output, _eval_params(params), progress=progress,
                               log_to_mlflow=None if mlflow else False)
     except (ParamsError, EvaluateError) as e:
         _fail(str(e), 1)

@@ -120,9 +120,6 @@ def check_seeds(params: Params) -> None:
 
 def build_benchmark(out_dir: str | Path, params: Params, progress: bool = False) -> dict[str, Any]:
     """Generate the benchmark into `out_dir` (shards/ + manifest.json); returns the manifest."""
-    from ..train.stages import resolve_params
-
-    params = resolve_params(params)
     check_seeds(params)
     cfg = params.evaluate.benchmark
     s = _Sampler(cfg.image_size, params.ingest.phantom.min_visible_px, params.ingest.phantom.super_resolution_factor)

@@ -35,7 +35,7 @@ def _majority(ev, rows_test: list[dict[str, Any]]) -> list[str]:
     """The most common training answer of each test question's type (by the closed rule's reading)."""
     from .run import _qtype, _rows, _turns
 
-    train = _rows(ev.data_dir, "train", CLOSED_TASKS + OPEN_TASKS)
+    train = _rows(ev.data_dir, "train", CLOSED_TASKS + OPEN_TASKS, images=False)
     table = U.majority_answers([(_qtype(r), _turns(r)[1]) for r in train])
     overall = U.majority_answers([("all", _turns(r)[1]) for r in train]).get("all", "yes")
     return [table.get(_qtype(r), overall) for r in rows_test]

@@ -183,9 +183,6 @@ def train_judge(out_dir: str | Path, params: Params, data_dir: str | Path | None
     from safetensors.torch import save_file
     from tqdm import tqdm
 
-    from ..train.stages import resolve_params
-
-    params = resolve_params(params)
     cfg = params.evaluate.judge
     if cfg.seed in (params.ingest.phantom.seed, params.evaluate.benchmark.seed):
         raise JudgeError(f"evaluate.judge.seed={cfg.seed} must differ from ingest.phantom.seed and evaluate.benchmark.seed")

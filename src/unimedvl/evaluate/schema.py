@@ -243,7 +243,7 @@ METRIC_KEYS: tuple[tuple[str, str], ...] = (
     ("explain.pointing_game", "Share of finding questions whose explanation heatmap peaks inside the finding "
      "region; unavailable until the serve `explain` code is present."),
     # bookkeeping
-    ("eval.items", "Items scored in this run (all families); n = the same."),
+    ("eval.items", "Answers and images the model produced in this run (baselines included); n = the same."),
 )
 
 RULES: tuple[tuple[str, str], ...] = (
