@@ -6,13 +6,13 @@ Adding a step: write its component in a module here, export it below, add one li
 when this package is imported (`components._base.step`).
 """
 
-from .data import ingest, qc
+from .data import heldout, ingest, qc
 from .evaluate import benchmark, evaluate, judge
 from .run import close_run
 from .train import ablation, autoencoder, stage1, stage2, stage3, tokenizer
 
-STEPS = {c.name: c for c in (ingest, qc, tokenizer, autoencoder, stage1, stage2, stage3, benchmark, judge, evaluate)}
+STEPS = {c.name: c for c in (ingest, qc, heldout, tokenizer, autoencoder, stage1, stage2, stage3, benchmark, judge, evaluate)}
 """Every step component, by step name, in pipeline order (the KFP-only ones are not steps)."""
 
-__all__ = ["STEPS", "ablation", "autoencoder", "benchmark", "close_run", "evaluate", "ingest", "judge", "qc", "stage1",
+__all__ = ["STEPS", "ablation", "autoencoder", "benchmark", "close_run", "evaluate", "heldout", "ingest", "judge", "qc", "stage1",
            "stage2", "stage3", "tokenizer"]

@@ -27,3 +27,13 @@ def qc(ingested: Input[Dataset], dataset: Output[Dataset], report: Output[HTML],
     qc_step(ingested.path, dataset, report, metrics,
             dict(qc_min_side=qc_min_side, qc_near_dup_hamming=qc_near_dup_hamming, qc_text_leak_jaccard=qc_text_leak_jaccard),
             params_override, data_version, pipeline_data_repo, run_id)
+
+
+@step()
+def heldout(data: Input[Dataset], dataset: Output[Dataset], metrics: Output[Metrics], heldout_per_family: int,
+            heldout_seed: int, train_profile: str, params_override: str = "", run_id: str = ""):
+    """The fixed held-out set of this data version: every training stage measures its start and end on it."""
+    from unimedvl.pipeline.steps import heldout_step
+
+    heldout_step(data, dataset, metrics, dict(heldout_per_family=heldout_per_family, heldout_seed=heldout_seed,
+                                              train_profile=train_profile), params_override, run_id)

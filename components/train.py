@@ -32,7 +32,8 @@ def autoencoder(data: Input[Dataset], previous: Input[Model], model: Output[Mode
 
 
 @step(image=GPU_IMAGE)
-def stage1(data: Input[Dataset], previous: Input[Model], model: Output[Model], metrics: Output[Metrics],
+def stage1(data: Input[Dataset], heldout: Input[Dataset], previous: Input[Model], model: Output[Model],
+           metrics: Output[Metrics],
            stage1_steps: int, stage1_lr: float, train_profile: str, pipeline_train_executor: str,
            pipeline_gpus_stage1: int, pipeline_gpu_image: str, pipeline_image_tag: str, params_override: str = "",
            run_id: str = ""):
@@ -42,11 +43,12 @@ def stage1(data: Input[Dataset], previous: Input[Model], model: Output[Model], m
     train_step("stage1", data, previous, model, metrics,
                dict(stage1_steps=stage1_steps, stage1_lr=stage1_lr, train_profile=train_profile,
                     pipeline_gpus_stage1=pipeline_gpus_stage1),
-               params_override, run_id, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}")
+               params_override, run_id, heldout=heldout, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}")
 
 
 @step(image=GPU_IMAGE)
-def stage2(data: Input[Dataset], previous: Input[Model], model: Output[Model], metrics: Output[Metrics],
+def stage2(data: Input[Dataset], heldout: Input[Dataset], previous: Input[Model], model: Output[Model],
+           metrics: Output[Metrics],
            stage2_steps: int, stage2_lr: float, train_profile: str, pipeline_train_executor: str,
            pipeline_gpus_stage2: int, pipeline_gpu_image: str, pipeline_image_tag: str, params_override: str = "",
            run_id: str = ""):
@@ -56,11 +58,12 @@ def stage2(data: Input[Dataset], previous: Input[Model], model: Output[Model], m
     train_step("stage2", data, previous, model, metrics,
                dict(stage2_steps=stage2_steps, stage2_lr=stage2_lr, train_profile=train_profile,
                     pipeline_gpus_stage2=pipeline_gpus_stage2),
-               params_override, run_id, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}")
+               params_override, run_id, heldout=heldout, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}")
 
 
 @step(image=GPU_IMAGE)
-def stage3(data: Input[Dataset], previous: Input[Model], model: Output[Model], metrics: Output[Metrics],
+def stage3(data: Input[Dataset], heldout: Input[Dataset], previous: Input[Model], model: Output[Model],
+           metrics: Output[Metrics],
            stage3_steps: int, stage3_lr: float, train_profile: str, pipeline_train_executor: str,
            pipeline_gpus_stage3: int, pipeline_gpu_image: str, pipeline_image_tag: str, params_override: str = "",
            run_id: str = ""):
@@ -70,20 +73,21 @@ def stage3(data: Input[Dataset], previous: Input[Model], model: Output[Model], m
     train_step("stage3", data, previous, model, metrics,
                dict(stage3_steps=stage3_steps, stage3_lr=stage3_lr, train_profile=train_profile,
                     pipeline_gpus_stage3=pipeline_gpus_stage3),
-               params_override, run_id, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}")
+               params_override, run_id, heldout=heldout, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}")
 
 
 @step(image=GPU_IMAGE)
-def ablation(data: Input[Dataset], previous: Input[Model], model: Output[Model], metrics: Output[Metrics],
+def ablation(data: Input[Dataset], heldout: Input[Dataset], previous: Input[Model], model: Output[Model],
+             metrics: Output[Metrics],
              stage3_steps: int, stage3_lr: float, train_profile: str, pipeline_train_executor: str,
              pipeline_gpus_stage3: int, pipeline_gpu_image: str, pipeline_image_tag: str, params_override: str = "",
              run_id: str = ""):
-    """Synergy ablation (KFP only): stage 3 again with `pipeline.ablation.mixture` (understanding only),
+    """Synergy ablation (KFP only): stage 3 again with `pipeline.ablation.mixture` (no text-to-image data),
     so evaluation can compare what generation data adds to understanding."""
     from unimedvl.pipeline.steps import train_step
 
     train_step("stage3", data, previous, model, metrics,
                dict(stage3_steps=stage3_steps, stage3_lr=stage3_lr, train_profile=train_profile,
                     pipeline_gpus_stage3=pipeline_gpus_stage3),
-               params_override, run_id, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}",
+               params_override, run_id, heldout=heldout, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}",
                ablation=True)

@@ -14,27 +14,34 @@ from pathlib import Path
 from typing import Any
 
 
-def import_pipeline():
-    """The pipeline function from `pipelines/` at the repository root (compile-time code, not in the image)."""
+def import_pipeline(retries: int | None = None):
+    """The pipeline from `pipelines/` at the repository root (compile-time code, not in the image);
+    `retries` given: built with that many retries per task."""
     from ..tracking import repo_root
 
     root = str(repo_root())
     if root not in sys.path:
         sys.path.insert(0, root)
-    from pipelines.unimedvl import unimedvl
+    from pipelines.unimedvl import build, unimedvl
 
-    return unimedvl
+    return unimedvl if retries is None else build(retries)
 
 
 def run_local(pipeline_root: str | Path, arguments: dict[str, Any] | None = None,
-              params: str | Path | None = None) -> Path:
-    """Run the pipeline with `arguments` (form values) and return this run's folder under `pipeline_root`
-    (one sub-folder per task, one per output artefact)."""
+              params: str | Path | None = None, pipeline=None) -> Path:
+    """Run the pipeline (or another one built from the same components) with `arguments` (form values)
+    and return this run's folder under `pipeline_root` (one sub-folder per task, one per output artefact)."""
     from kfp import local
 
     from ..tracking import repo_root
 
-    pipeline = import_pipeline()
+    from .params import resolve
+
+    args = {**({} if pipeline else {"pipeline_train_executor": "local"}), **(arguments or {})}
+    # Bad form values fail here, in one line, not as the first task's traceback.
+    resolve({k: v for k, v in args.items() if k not in ("params_override", "data_version", "run_ablation")},
+            args.get("params_override", ""), Path(params) if params else None)
+    pipeline = pipeline or import_pipeline(retries=0)
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     # Components read params.yaml from here: the one given, else this repository's.
@@ -44,7 +51,7 @@ def run_local(pipeline_root: str | Path, arguments: dict[str, Any] | None = None
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     t0 = time.perf_counter()
     try:
-        pipeline(**{"pipeline_train_executor": "local", **(arguments or {})})
+        pipeline(**args)
     finally:
         if saved is None:
             os.environ.pop("UNIMEDVL_PARAMS", None)

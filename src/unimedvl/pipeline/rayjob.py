@@ -48,15 +48,17 @@ def cluster_params(params: Params, stage: str) -> Params:
     return params.model_copy(update={"train": train})
 
 
-def entrypoint(stage: str, data_uri: str, previous_uri: str, out_uri: str) -> str:
+def entrypoint(stage: str, data_uri: str, previous_uri: str, out_uri: str, heldout_uri: str | None = None) -> str:
     q = shlex.quote
     steps = [
         f"mkdir -p {WORK}",
         f"printf %s \"$UNIMEDVL_PARAMS_B64\" | base64 -d > {WORK}/params.yaml",
         f"unimedvl pipeline sync {q(data_uri)} {WORK}/data",
         f"unimedvl pipeline sync {q(previous_uri)} {WORK}/previous",
+        *([f"unimedvl pipeline sync {q(heldout_uri)} {WORK}/heldout"] if heldout_uri else []),
         f"unimedvl train --stage {stage} --ray-address auto --data {WORK}/data --from {WORK}/previous "
-        f"--output {WORK}/out --params {WORK}/params.yaml --no-progress",
+        + (f"--heldout {WORK}/heldout " if heldout_uri else "")
+        + f"--output {WORK}/out --params {WORK}/params.yaml --no-progress",
         f"unimedvl pipeline sync {WORK}/out {q(out_uri)}",
         f"unimedvl pipeline sync {WORK}/out.metrics.json {q(out_uri.rstrip('/') + '.metrics.json')}",
     ]
@@ -64,7 +66,7 @@ def entrypoint(stage: str, data_uri: str, previous_uri: str, out_uri: str) -> st
 
 
 def rayjob_manifest(stage: str, params: Params, *, image: str, data_uri: str, previous_uri: str, out_uri: str,
-                    run_id: str, ablation: bool = False) -> dict[str, Any]:
+                    run_id: str, ablation: bool = False, heldout_uri: str | None = None) -> dict[str, Any]:
     """The RayJob of one stage (validated against the RayJob CRD in the tests)."""
     p = params.pipeline
     ray = p.ray
@@ -94,7 +96,7 @@ def rayjob_manifest(stage: str, params: Params, *, image: str, data_uri: str, pr
         "kind": "RayJob",
         "metadata": {"name": name, "namespace": ray.namespace, "labels": labels},
         "spec": {
-            "entrypoint": entrypoint(stage, data_uri, previous_uri, out_uri),
+            "entrypoint": entrypoint(stage, data_uri, previous_uri, out_uri, heldout_uri),
             "runtimeEnvYAML": yaml.safe_dump(runtime_env, sort_keys=True),
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": ray.ttl_s,
@@ -210,12 +212,12 @@ def read_summary(uri: str) -> dict[str, Any]:
 
 
 def run_stage_on_ray(stage: str, data_uri: str, previous_uri: str, out_uri: str, params: Params, *, image: str,
-                     run_id: str, ablation: bool = False, api_client=None) -> dict[str, Any]:
+                     run_id: str, ablation: bool = False, heldout_uri: str | None = None, api_client=None) -> dict[str, Any]:
     """Train `stage` in a RayJob; returns the stage summary (the checkpoint is at `out_uri`)."""
     if not out_uri.startswith("s3://"):
         raise RayJobError(f"the rayjob executor needs an s3:// pipeline root (got {out_uri}); use train_executor=local")
     manifest = rayjob_manifest(stage, params, image=image, data_uri=data_uri, previous_uri=previous_uri,
-                               out_uri=out_uri, run_id=run_id, ablation=ablation)
+                               out_uri=out_uri, run_id=run_id, ablation=ablation, heldout_uri=heldout_uri)
     ray = params.pipeline.ray
     status = submit_and_wait(manifest, api_client=api_client, poll_s=ray.poll_s, timeout_s=ray.timeout_s)
     return {**read_summary(out_uri.rstrip("/") + ".metrics.json"), "rayjob": manifest["metadata"]["name"],

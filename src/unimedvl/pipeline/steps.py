@@ -103,8 +103,19 @@ def qc_step(ingested: str, dataset, report, metrics, values: dict[str, Any], par
     return m
 
 
+def heldout_step(data, dataset, metrics, values: dict[str, Any], params_override: str, run_id: str) -> dict[str, Any]:
+    """heldout: the fixed held-out set of this data version (`train.heldout.run_heldout`)."""
+    from ..train.heldout import run_heldout
+
+    enter_run(run_id)
+    out = Path(dataset.path)
+    summary = run_heldout(data.path, out, resolve(values, params_override), metrics_path=out.parent / f".{out.name}.metrics.json")
+    write_metrics(metrics, {"n": summary.get("n"), "families": {f: {"n": v.get("n")} for f, v in summary.get("families", {}).items()}})
+    return summary
+
+
 def train_step(stage: str, data, previous, model, metrics, values: dict[str, Any], params_override: str,
-               run_id: str, *, executor: str = "local", image: str = "", ablation: bool = False) -> dict[str, Any]:
+               run_id: str, *, heldout=None, executor: str = "local", image: str = "", ablation: bool = False) -> dict[str, Any]:
     """tokenizer / autoencoder / stage1-3 (`data`, `previous`: input artefacts; `previous` None for the
     tokenizer): `run_stage` here, or, for stage1-3 with executor `rayjob`, in a KubeRay RayJob that
     leaves the checkpoint at the Model artefact's s3:// URI."""
@@ -121,14 +132,15 @@ def train_step(stage: str, data, previous, model, metrics, values: dict[str, Any
         from .rayjob import run_stage_on_ray
 
         summary = run_stage_on_ray(stage, data.uri, previous.uri, model.uri, params, image=image, run_id=run_id,
-                                   ablation=ablation)
+                                   ablation=ablation, heldout_uri=heldout.uri if heldout else None)
         # The RayJob wrote the folder to the artefact's URI; the launcher uploads nothing over it.
         out.mkdir(parents=True, exist_ok=True)
     else:
         ckpt = out.parent / f".{out.name}-checkpoints"  # beside the artefact: a retried task resumes
         summary = run_stage(stage, data.path, out, params, prev_dir=previous.path if previous else None, progress=False,
                             checkpoint_dir=ckpt if stage.startswith("stage") else None,
-                            metrics_path=out.parent / f".{out.name}.metrics.json")
+                            metrics_path=out.parent / f".{out.name}.metrics.json",
+                            **({"heldout_dir": heldout.path} if heldout is not None else {}))
         shutil.rmtree(ckpt, ignore_errors=True)
     model.metadata.update({"stage": stage, "profile": params.train.profile, "ablation": ablation,
                            **({"run_id": summary["run_id"]} if summary.get("run_id") else {}),
@@ -144,25 +156,21 @@ def _yaml(d: dict) -> str:
     return yaml.safe_dump(d, sort_keys=False)
 
 
-def close_run(run_id: str, failed: bool = False) -> list[str]:
-    """The ExitHandler's step: settle the MLflow parent run(s) of this KFP run (key = the run id; the
-    ablation branch's own parent has key `<run id>:ablation`): status from their children, FAILED
-    whatever they say when the pipeline failed (a task that died before logging leaves no child)."""
+def close_run(run_id: str, failed: bool = False) -> list[tuple[str | None, str]]:
+    """The ExitHandler's step: close this KFP run's MLflow parent run (key = the run id) and the ablation
+    branch's (key `<run id>:ablation`) with `unimedvl.tracking.finish_pipeline`."""
     from ..config import load_params
-    from ..tracking import PIPELINE_KEY_TAG, ROLE_TAG, Tracker, tracking_uri, update_parent_status
+    from ..tracking import finish_pipeline
     from .params import params_file
 
-    cfg = load_params(params_file()).tracking
-    if not cfg.enabled or not run_id:
+    if not run_id:
         return []
-    tracker = Tracker(tracking_uri(cfg.uri), cfg.experiment)
-    closed = []
+    tracking = load_params(params_file()).tracking
+    out = []
     for key in (run_id, f"{run_id}:ablation"):
-        found = tracker.client.search_runs([tracker.experiment_id], max_results=100,
-                                           filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}' and tags.`{ROLE_TAG}` = 'pipeline'")
-        for parent in found:
-            status = update_parent_status(tracker, parent.info.run_id)
-            if failed and status in ("FINISHED", "RUNNING"):
-                tracker.client.set_terminated(parent.info.run_id, "FAILED")
-            closed.append(parent.info.run_id)
-    return closed
+        enter_run(key)
+        parent, status = finish_pipeline(tracking, failed=failed)
+        if parent:
+            out.append((parent, status))
+    enter_run(run_id)
+    return out

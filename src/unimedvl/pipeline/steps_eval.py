@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .params import resolve
+from .params import effective, resolve
 from .steps import enter_run, inline_html, write_metrics
 
 
@@ -18,7 +18,7 @@ def benchmark_step(dataset, values: dict[str, Any], params_override: str, run_id
     from ..evaluate.benchmark import build_benchmark
 
     enter_run(run_id)
-    m = build_benchmark(dataset.path, resolve(values, params_override))
+    m = build_benchmark(dataset.path, effective(resolve(values, params_override)))
     dataset.metadata.update({"items": m.get("accepted"), "kinds": m.get("benchmark", {}).get("kinds", {})})
     return m
 
@@ -28,7 +28,7 @@ def judge_step(data, model, metrics, values: dict[str, Any], params_override: st
 
     enter_run(run_id)
     out = Path(model.path)
-    m = train_judge(out, resolve(values, params_override), data.path, metrics_path=out.parent / f".{out.name}.metrics.json")
+    m = train_judge(out, effective(resolve(values, params_override)), data.path, metrics_path=out.parent / f".{out.name}.metrics.json")
     write_metrics(metrics, {"auroc": m.get("auroc"), "wall_s": m.get("wall_s")})
     model.metadata.update({"passes": bool(m.get("passes"))})
     if not m.get("passes"):
@@ -51,7 +51,7 @@ def evaluate_step(model, data, benchmark, judge, results, metrics, report, confu
 
     enter_run(run_id)
     out = Path(results.path)
-    result = evaluate(model.path, data.path, benchmark.path, judge.path, out, resolve(values, params_override))
+    result = evaluate(model.path, data.path, benchmark.path, judge.path, out, effective(resolve(values, params_override)))
     if result.computed() == 0:
         raise EvaluateError(f"no metric could be computed: see the reasons in {out / 'metrics.json'}")
     ok = {k: m.value for k, m in result.metrics.items() if m.status.value == "ok" and m.value is not None}
