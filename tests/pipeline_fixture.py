@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-PHANTOMS = 500  # records: enough of every task in a few seconds
+PHANTOMS = 640  # records: enough of every task in a few seconds
 # a larger test share than the demo's, so the test split holds >= smoke min_n questions of each kind
 SPLITS = {"train": 0.6, "val": 0.1, "test": 0.3}
 

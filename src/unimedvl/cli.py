@@ -13,6 +13,8 @@ from .config import ParamsError, SourceSpec, load_params
 from .data.sources import SOURCES, UnknownSource, get_source
 from .model.cli import model_app
 from .pipeline.cli import pipeline_app
+from .manifests_cli import infra_app
+from .storage_cli import storage_app
 
 app = typer.Typer(
     name="unimedvl",
@@ -23,6 +25,8 @@ app = typer.Typer(
 )
 app.add_typer(model_app, name="model")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(storage_app, name="storage")
+app.add_typer(infra_app, name="infra")
 err = Console(stderr=True)
 
 
@@ -208,6 +212,117 @@ def qc(
     typer.echo(json.dumps({k: m[k] for k in keep if k in m}))
 
 
+# --- serving, registry, promotion (src/unimedvl/serve, src/unimedvl/promote) ----------------------
+
+
+def _serve_limits_help() -> str:
+    from .config import ServeConfig
+
+    lines = []
+    for name, f in ServeConfig.model_fields.items():
+        if name in ("host", "port", "model_name"):
+            continue
+        note = f" ({f.description})" if f.description else ""
+        lines.append(f"{name} = {f.default}{note}")
+    return "Limits (params.yaml `serve` section; defaults shown):\n\n" + "\n\n".join(lines)
+
+
+@app.command(epilog=_serve_limits_help())
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="A model folder, models:/NAME@ALIAS or models:/NAME/VERSION.")],
+    host: Annotated[str | None, typer.Option(help="Address to bind (default serve.host, 127.0.0.1; 0.0.0.0 only in a container).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serve.port, 8080; 0 picks a free one and prints it).")] = None,
+    params: Annotated[Path, typer.Option(help="params.yaml to read the `serve` (limits) and `ingest` sections from.")] = Path("params.yaml"),
+) -> None:
+    """Serve a model on the KServe model server: v1 :predict and v2 (Open Inference Protocol) /infer,
+    tasks vqa, report, generate, edit, explain; health, metadata and Prometheus /metrics."""
+    from .serve.server import ModelURIError
+    from .serve.server import serve as run_server
+
+    try:
+        p = load_params(params)
+        run_server(model, p.serve, p.ingest, host=host, port=port)
+    except (ParamsError, ModelURIError, OSError) as e:
+        _fail(str(e), 1)
+
+
+@app.command("register")
+def register_cmd(
+    run_id: Annotated[str | None, typer.Option("--run-id", help="MLflow run that logged the model folder (default: stage3's, from register.stage_metrics).")] = None,
+    params: Annotated[Path, typer.Option(help="params.yaml to read `register` and `tracking` from.")] = Path("params.yaml"),
+) -> None:
+    """Register the stage3 model in the MLflow registry: a pyfunc flavour over the folder stage3 logged
+    (no second upload of the weights), tagged with git commit, data, params and code hashes, evaluation
+    inputs and headline metrics, and the SPDX licences of the training sources; writes register/version.json."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from .promote.registry import RegisterError, register
+
+    try:
+        summary = register(load_params(params), params, run_id=run_id)
+    except (ParamsError, RegisterError, FileNotFoundError) as e:
+        _fail(str(e), 1)
+    except MlflowException as e:
+        _fail(f"MLflow registry: {e.message}", 1)
+    typer.echo(json.dumps({k: summary[k] for k in ("name", "version", "model_uri", "run_id")}))
+
+
+@app.command("promote")
+def promote_cmd(
+    confirm: Annotated[str | None, typer.Option("--confirm", help="'staging': move the staging alias to the staging-candidate (the Argo CD PostSync Job runs this once the InferenceService is Ready).")] = None,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Restore the previous staging version (alias and overlay).")] = False,
+    to: Annotated[str | None, typer.Option("--to", help="'production': set the champion alias to the current staging version.")] = None,
+    commit_branch: Annotated[str | None, typer.Option("--commit-branch", help="Commit the rewritten staging overlay on this new branch for review (S3 mode).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when the candidate is rejected (default: exit 0 and record the decision).")] = False,
+    params: Annotated[Path, typer.Option(help="params.yaml to read `promote`, `register`, `storage` and `tracking` from.")] = Path("params.yaml"),
+) -> None:
+    """Gate the registered candidate on eval/metrics.json (promote.gates, licence gate), then copy it to
+    s3://<models bucket>/<name>/<version>/, pin it in the staging overlay and set staging-candidate.
+    Without an S3 endpoint (AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL) it renders promote/overlay/ and
+    sets staging directly. Writes promote/decision.json, the audit log and the model card."""
+    import json
+
+    import os
+
+    from mlflow.exceptions import MlflowException
+
+    from .promote import promotion
+    from .promote.gitops import OverlayError
+    from .promote.registry import RegisterError
+    from .storage import StorageError
+
+    try:
+        p = load_params(params)
+        if sum(bool(x) for x in (confirm, rollback, to)) > 1:
+            raise promotion.PromoteError("give one of --confirm, --rollback, --to")
+        if confirm:
+            # What the Argo CD PostSync Job synced (infra/overlays/staging/promote-postsync.yaml).
+            result = promotion.confirm(p, confirm, name=os.environ.get("UNIMEDVL_MODEL_NAME"),
+                                       version=os.environ.get("UNIMEDVL_MODEL_VERSION"),
+                                       storage_uri=os.environ.get("UNIMEDVL_STORAGE_URI"))
+        elif rollback:
+            result = promotion.rollback(p, commit_branch=commit_branch)
+        elif to:
+            if to != "production":
+                raise promotion.PromoteError(f"--to takes 'production' (got {to!r})")
+            result = promotion.to_production(p)
+        else:
+            result = promotion.promote(p, params, commit_branch=commit_branch)
+            failed = [g["gate"] + ": " + (g["reason"] or "") for g in result["gates"] if not g["passed"]]
+            typer.echo(json.dumps({"passed": result["passed"], "version": result["candidate"]["version"],
+                                   "mode": result["mode"], "uploaded": result["uploaded"],
+                                   "aliases": result["aliases"], "failed": failed}))
+            if not result["passed"] and strict:
+                raise typer.Exit(promotion.EXIT_REJECTED_STRICT)
+            return
+    except (ParamsError, promotion.PromoteError, RegisterError, OverlayError, StorageError, FileNotFoundError) as e:
+        _fail(str(e), 1)
+    except MlflowException as e:
+        _fail(f"MLflow registry ({os.environ.get('MLFLOW_TRACKING_URI') or p.tracking.uri or 'sqlite:///mlflow.db'}): {e.message}", 1)
+    typer.echo(json.dumps(result))
+
 # --- evaluation: benchmark, judge, evaluate (src/unimedvl/evaluate) --------------------------------
 
 def _eval_params(path: Path):
@@ -274,6 +389,11 @@ def evaluate(
     params: Annotated[Path, typer.Option(help="params.yaml to read `evaluate` from.")] = Path("params.yaml"),
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log a child run under the pipeline's MLflow run.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    ablation: Annotated[bool, typer.Option("--ablation", help="Also run the synergy ablation (about an hour of CPU): "
+                                           "unified vs generation-only vs understanding-only training, written to docs/synergy.md.")] = False,
+    autoencoder: Annotated[Path, typer.Option("--autoencoder", help="Ablation: the autoencoder folder the variants start from.")] = Path("models/autoencoder"),
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Ablation seeds (repeatable; default 0 1 2).")] = None,
+    ablation_dir: Annotated[Path, typer.Option("--ablation-dir", help="Ablation: working folder for the variants.")] = Path("build/ablation"),
 ) -> None:
     """Score a model: VQA (test split + phantom benchmark, blind and majority baselines), reports,
     generation (judge faithfulness vs an untrained model, domain Frechet distance), image pairs.
@@ -296,6 +416,12 @@ def evaluate(
             typer.echo(f"  {key}: {m.value if m.value is not None else m.status.value}")
     if ok == 0:
         _fail("no metric could be computed: see the reasons in metrics.json", 1)
+    if ablation:
+        from .evaluate.synergy import run_ablation
+
+        rows = run_ablation(data, bench, judge_dir, autoencoder, ablation_dir, _eval_params(params),
+                            seeds=tuple(seeds or (0, 1, 2)), progress=progress)
+        typer.echo(f"wrote docs/synergy.md ({len(rows)} rows)")
 
 
 def main() -> None:

@@ -6,8 +6,9 @@ misspelt key or an out-of-range value fails in one place with a message that nam
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -83,8 +84,12 @@ class IngestConfig(_Strict):
     split_fractions: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
     max_side: int = Field(512, ge=0, description="downscale so the longer side is at most this (0 keeps full size)")
     max_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb cap: pixels per image")
+    max_decoded_bytes: int = Field(256 << 20, gt=0, description="cap on one decoded image / DICOM frame, bytes")
     keep_16bit: bool = True  # keep 12-16-bit sources as 16-bit PNG
     allow_burned_in: bool = False  # ingest DICOMs flagged BurnedInAnnotation=YES
+    allow_secondary_capture: bool = False  # ingest Secondary Capture DICOMs (screenshots, photos) as modality "other"
+    # PS3.15 E.3 Retain options the DICOM scrub applies (data/dicom_profile.py); none by default
+    dicom_retain: tuple[Literal["longitudinal_modified_dates", "patient_characteristics", "device_identity"], ...] = ()
     mixture_languages: tuple[str, ...] = ("en",)  # languages the default training mixture takes
     shard_max_mb: int = Field(256, gt=0)
     packaged: PackagedConfig = PackagedConfig()
@@ -335,6 +340,45 @@ class PipelineConfig(_Strict):
     def _executor(cls, v: str) -> str:
         if v not in ("rayjob", "local"):
             raise ValueError("train_executor must be rayjob or local")
+# --- serving (unimedvl serve; src/unimedvl/serve) -------------------------------------------------
+
+
+class ServeConfig(_Strict):
+    """Limits of the model server. Every one is a client-visible rule: a request over it gets a 4xx
+    that names the limit, so the numbers are listed in `unimedvl serve --help` too."""
+
+    host: str = "127.0.0.1"  # loopback unless asked (the container passes --host 0.0.0.0)
+    port: int = Field(8080, ge=0, le=65535)
+    model_name: str = "unimedvl"
+    max_pixels: int = Field(4_194_304, gt=0, description="pixels per input image (2048 x 2048)")
+    max_payload_bytes: int = Field(16_777_216, gt=0, description="request body size; larger gets 413")
+    max_instances: int = Field(8, ge=1, description="instances per request")
+    max_steps: int = Field(50, ge=1, description="Euler steps of generate / edit")
+    default_steps: int = Field(20, ge=1)
+    max_guidance: float = Field(20.0, gt=0)
+    default_guidance: float = Field(4.0, gt=0)
+    max_new_tokens: int = Field(128, ge=1, description="answer / report length cap")
+    default_new_tokens: int = Field(48, ge=1)
+    max_question_tokens: int = Field(256, ge=1, description="question / prompt / instruction length, tokens")
+    request_timeout_s: float = Field(120.0, gt=0, description="queue wait + model work per request; over it gets 504")
+    queue_length: int = Field(16, ge=1, description="requests waiting or running; one more gets 429")
+    torch_threads: int = Field(0, ge=0, description="0: torch's default")
+    ignore_eos: bool = False  # decode exactly max_new_tokens (fixed-length decoding for benchmarks)
+    device: str = "auto"  # auto: cuda when available (the GPU serving component), else cpu
+    dtype: str = "fp32"  # fp32 | bf16 (weights and activations; bf16 only on cuda)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in ("fp32", "bf16"):
+            raise ValueError("dtype must be fp32 or bf16")
         return v
 
 
@@ -374,6 +418,54 @@ class StorageConfig(_Strict):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"endpoint {v!r} needs a scheme: http://host:port or https://host")
         return v.rstrip("/")
+
+
+# --- registry and promotion (unimedvl register / promote; src/unimedvl/promote) --------------------
+
+
+class RegisterConfig(_Strict):
+    """The MLflow model version `register` creates over stage3's logged model folder."""
+
+    model_name: str = "unimedvl"
+    model_dir: str = "models/stage3"
+    stage_metrics: str = "models/stage3.metrics.json"  # holds stage3's MLflow run id
+    eval_metrics: str = "eval/metrics.json"
+    data_dir: str = "data/qc"  # the training data (manifest sha256, SPDX licences per source)
+    output: str = "register/version.json"
+    headline_metrics: tuple[str, ...] = ("vqa.closed.accuracy", "vqa.closed.blind.accuracy", "vqa.finding.accuracy",
+                                         "report.bleu4", "generation.faithfulness.mean", "explain.pointing_game")
+
+
+class GateConfig(_Strict):
+    """One promotion gate on a metric key of eval/metrics.json (its status must be ok)."""
+
+    metric: str
+    min: float | None = None  # value >= min
+    baseline: str | None = None  # value >= baseline's value + margin (the baseline must be ok too)
+    margin: float = 0.0
+    max_regression: float | None = None  # value >= incumbent's value - max_regression (same inputs only)
+
+
+class PromoteConfig(_Strict):
+    """Gates, the target environment and where promotion writes."""
+
+    environment: str = "staging"
+    commercial: bool = False  # the environment serves commercially: non-commercial training data is refused
+    image: str = "ghcr.io/unimedvl/unimedvl:0.1.0"
+    gates: tuple[GateConfig, ...] = (
+        # The image must help: the phantom benchmark's finding-presence questions (always enough of them,
+        # whatever the data) answered at least as well as by the model itself without the image, and no
+        # worse than the incumbent on the same inputs.
+        GateConfig(metric="vqa.finding.accuracy", min=0.0, baseline="vqa.finding.blind.accuracy", margin=0.0,
+                   max_regression=0.05),
+    )
+    overlay: str = "infra/overlays/staging"  # the committed overlay (S3 mode only)
+    local_overlay: str = "promote/overlay"  # local mode renders here instead
+    decision: str = "promote/decision.json"
+    audit_log: str = "promote/audit.jsonl"
+    model_card: str = "promote/MODEL_CARD.md"
+    benchmark_dir: str = "data/benchmark"  # re-evaluating an incumbent on the candidate's inputs
+    judge_dir: str = "models/judge"
 # --- evaluation: benchmark, judge, evaluate (src/unimedvl/evaluate) ---------------------------------
 
 class BenchmarkConfig(_Strict):
@@ -434,6 +526,11 @@ class EvaluateConfig(_Strict):
     sampling: EvalSamplingConfig = EvalSamplingConfig()
 
 
+# The `register` step's section shadows the ABC `register` classmethod every pydantic model inherits
+# (never used on instances); the section keeps its step name, and only that one warning is silenced.
+warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
+
+
 class Params(_Strict):
     ingest: IngestConfig = IngestConfig()
     qc: QCConfig = QCConfig()
@@ -445,6 +542,9 @@ class Params(_Strict):
     stage3: StageConfig = StageConfig()
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    serve: ServeConfig = ServeConfig()
+    register: RegisterConfig = RegisterConfig()  # shadows the ABC's `register` classmethod (see above)
+    promote: PromoteConfig = PromoteConfig()
     storage: StorageConfig = StorageConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     heldout: HeldoutConfig = HeldoutConfig()

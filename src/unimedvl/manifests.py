@@ -251,16 +251,20 @@ def _kubectl_version(exe: str) -> tuple[int, int] | None:
         return None
 
 
-@functools.lru_cache(maxsize=1)
-def find_kubectl() -> str | None:
-    """A kubectl >= 1.27: the project's .venv one (``make setup``) first, then PATH."""
-    candidates = [repo_root() / ".venv" / "bin" / "kubectl", shutil.which("kubectl")]
+def pick_kubectl(candidates: Iterable[str | Path | None]) -> str | None:
+    """The first candidate that is a kubectl >= MIN_KUBECTL."""
     for exe in candidates:
         if exe and Path(exe).is_file():
             version = _kubectl_version(str(exe))
             if version and version >= MIN_KUBECTL:
                 return str(exe)
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def find_kubectl() -> str | None:
+    """A kubectl >= 1.27: the project's .venv one (``make setup``) first, then PATH."""
+    return pick_kubectl([repo_root() / ".venv" / "bin" / "kubectl", shutil.which("kubectl")])
 
 
 def kustomize_build(directory: str | Path) -> list[dict]:

@@ -10,7 +10,9 @@ consumers, so they can never disagree about where data lives:
 - the models bucket that KServe's storage initializer reads (`model_uri(name, version)`).
 
 Credentials come only from env `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`. The endpoint: env
-`AWS_ENDPOINT_URL` (what boto3 and DVC read), else `MLFLOW_S3_ENDPOINT_URL`, else `storage.endpoint`.
+`AWS_ENDPOINT_URL` (what boto3 and DVC read), else `MLFLOW_S3_ENDPOINT_URL`, else `storage.endpoint`;
+the region: `AWS_DEFAULT_REGION`; a bucket: `UNIMEDVL_BUCKET_<DVC|MLFLOW|PIPELINES|MODELS>` (the
+variables of the cluster's `unimedvl-storage` ConfigMap), else `storage.buckets`.
 
 The client is the `minio` package (the project's S3 client; it streams multipart uploads and needs no
 AWS SDK). Every upload is read back and hashed: size and sha256 must match the local file, so a
@@ -56,10 +58,12 @@ class S3Settings:
     def from_config(cls, cfg: StorageConfig, env: Mapping[str, str] | None = None) -> S3Settings:
         env = os.environ if env is None else env
         endpoint = env.get("AWS_ENDPOINT_URL") or env.get("MLFLOW_S3_ENDPOINT_URL") or cfg.endpoint
+        # UNIMEDVL_BUCKET_<KIND>: what the cluster's unimedvl-storage ConfigMap sets in every pod.
+        buckets = {k: env.get(f"UNIMEDVL_BUCKET_{k.upper()}") or v for k, v in cfg.buckets.model_dump().items()}
         return cls(
             endpoint=endpoint.rstrip("/"),
             region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or cfg.region,
-            buckets=cfg.buckets.model_dump(),
+            buckets=buckets,
             dvc_prefix=cfg.dvc_prefix.strip("/"),
             access_key=env.get("AWS_ACCESS_KEY_ID") or None,
             secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
@@ -328,3 +332,24 @@ def download_folder(s3_uri: str, local_dir: str | Path, settings: S3Settings | N
     if not out:
         raise StorageError(f"no objects under {s3_uri}")
     return out
+
+
+def configure_dvc_remote(repo_dir: str | Path = ".", settings: S3Settings | None = None, name: str = "s3",
+                         local: bool = False, default: bool = False) -> dict[str, str]:
+    """Write the DVC remote `name` from the settings with `dvc remote add/modify` (into
+    .dvc/config, or .dvc/config.local with `local`). Credentials are not written: DVC reads the
+    same AWS_* variables. Returns the options written."""
+    import subprocess
+    import sys
+
+    settings = settings or load_settings(Path(repo_dir) / "params.yaml")
+    options = settings.dvc_remote_options()
+    scope = ["--local"] if local else []
+    dvc = [sys.executable, "-m", "dvc", "remote"]
+    commands = [[*dvc, "add", *scope, "--force", *(["-d"] if default else []), name, options["url"]]]
+    commands += [[*dvc, "modify", *scope, name, key, value] for key, value in options.items() if key != "url"]
+    for cmd in commands:
+        proc = subprocess.run(cmd, cwd=repo_dir, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StorageError(f"`dvc remote {' '.join(cmd[4:])}` failed in {repo_dir}: {proc.stderr.strip()}")
+    return options

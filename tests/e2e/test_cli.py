@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*args, cwd=None, env_extra=None):
-    env = {**os.environ, "UNIMEDVL_SECRET_KEY": "cli-test-key", **(env_extra or {})}
+    env = {**os.environ, "UNIMEDVL_SECRET_KEY": "cli-test-key", **(env_extra or {})}  # pragma: allowlist secret
     return subprocess.run([str(BIN / "unimedvl"), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
@@ -86,7 +86,7 @@ def test_dvc_repro_runs_the_pipeline_on_the_packaged_corpus(tmp_path):
     params["train"]["profile"] = "smoke"
     params["ingest"]["phantom"]["count"] = 120
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "UNIMEDVL_SECRET_KEY": "repro-key"}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "UNIMEDVL_SECRET_KEY": "repro-key"}  # pragma: allowlist secret
     for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=work, check=True, env=env)
     done = subprocess.run([str(BIN / "dvc"), "repro"], cwd=work, env=env, capture_output=True, text=True, timeout=900)

@@ -4,7 +4,6 @@ stage's held-out loss lower at its end than at its start, every folder in the re
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,10 @@ def test_smoke_pipeline_losses_fall(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "qc", per_task=12)
     params = load_params(REPO / "params.yaml")
     models = tmp_path / "models"
-    t0 = time.perf_counter()
     out = {}
     for stage in ("tokenizer", "autoencoder", "stage1", "stage2", "stage3"):
         out[stage] = run_stage(stage, data, models / stage, params, profile="smoke", progress=False,
                                checkpoint_dir=tmp_path / "ck" / stage if stage.startswith("stage") else None)
-    wall = time.perf_counter() - t0
-    assert wall < 120, wall
     for stage in ("autoencoder", "stage1", "stage2", "stage3"):
         s = out[stage]
         assert s["heldout_end"]["loss"] < s["heldout_start"]["loss"], (stage, s)

@@ -277,3 +277,22 @@ def test_batched_and_sequential_decoding_agree(smoke_pipeline):
     many = generate_texts(model, ctxs, 12, s.model_copy(update={"batch_size": 16}))
     assert one == many
     assert any(one)  # answers are not all empty
+
+
+@pytest.mark.slow
+def test_synergy_ablation_end_to_end(smoke_pipeline, tmp_path):
+    """`--ablation` on the smoke pipeline, capped at 2 steps per stage and 2 seeds: every variant trains
+    from the same autoencoder with its masked mixture, is evaluated, and docs/synergy.md gets a row per
+    metric with a delta per seed. (The lean twin is the unit test of the masking and the table.)"""
+    from unimedvl.evaluate.synergy import run_ablation
+
+    torch.set_num_threads(1)
+    p = smoke_pipeline
+    doc = tmp_path / "synergy.md"
+    rows = run_ablation(p["qc"], p["benchmark"], p["judge"], p["models"] / "autoencoder", tmp_path / "work", p["params"],
+                        seeds=(0, 1), doc=doc, max_steps=2)
+    by = {r["metric"]: r for r in rows}
+    assert len(by["vqa.finding.accuracy"]["deltas"]) == 2
+    for variant in ("unified", "generation_only", "understanding_only"):
+        assert (tmp_path / "work" / f"{variant}-seed1" / "eval" / "metrics.json").exists()
+    assert "vqa.finding.accuracy" in doc.read_text()

@@ -47,10 +47,13 @@ def _measure(tmp_path: Path, preset: str, dtype: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_tiny_folder_loads_in_about_one_copy(tmp_path):
-    info = _measure(tmp_path, "tiny", "float32")
-    assert info["report_ok"] and info["file_bytes"] > 10e6
-    assert 0 < info["load_peak_bytes"] <= 1.2 * info["file_bytes"], info
+def test_small_folder_loads_in_about_one_copy(tmp_path):
+    """The lean twin: the `small` preset in bf16 (~0.3 GB), large enough that a second copy of the
+    weights (or an fp32 build) would exceed the bound; 16 MiB allow for allocator noise."""
+    info = _measure(tmp_path, "small", "bfloat16")
+    assert info["report_ok"] and info["file_bytes"] > 2e8, info
+    print(f"small bf16: {info['peak_over_file_size']}x of {info['file_bytes'] / 1e6:.0f} MB")
+    assert 0 < info["load_peak_bytes"] <= 1.2 * info["file_bytes"] + 16 * 2**20, info
 
 
 @pytest.mark.slow

@@ -100,3 +100,21 @@ def test_ensure_buckets_creates_missing(settings, s3_server):
 def test_bad_uri():
     with pytest.raises(storage.StorageError, match="not an s3:// URI"):
         storage.parse_s3_uri("/local/path")
+
+
+def test_storage_cli_check_upload_and_wrong_secret(s3_env, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from unimedvl.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["storage", "check", "--params", "params.yaml"])
+    assert result.exit_code == 0, result.output
+    assert "unimedvl-models" in result.output and "ok" in result.output
+    folder = _model_folder(tmp_path / "m")
+    result = runner.invoke(app, ["storage", "upload", str(folder), "s3://unimedvl-models/cli/1/", "--no-progress"])
+    assert result.exit_code == 0 and "uploaded 3 files" in result.output and "sha256 verified" in result.output
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    result = runner.invoke(app, ["storage", "check"])
+    assert result.exit_code == 1 and "rejected the credentials" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # an error, not a traceback

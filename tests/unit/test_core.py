@@ -60,10 +60,10 @@ def test_rejected_only_takes_known_reasons():
         ("Call 317-555-0199 with results.", "317-555-0199", "phone"),
         ("Call (317) 555-0199 with results.", "555-0199", "phone"),
         ("Mail jane.doe@hospital.org please.", "jane.doe@hospital.org", "email"),
-        ("MRN: 12345678 on file.", "12345678", "id_number"),
-        ("Patient 12345678. Seen today.", "12345678", "id_number"),
-        ("Folder MRN98765432_ct", "98765432", "id_number"),
-        ("Discussed with Dr. Quortle Plimsoll today.", "Quortle", "person_name"),
+        ("MRN: 12345678 on file.", "12345678", "id"),
+        ("Patient 12345678. Seen today.", "12345678", "id"),
+        ("Folder MRN98765432_ct", "98765432", "id"),
+        ("Discussed with Dr. Quortle Plimsoll today.", "Quortle", "name"),
     ],
 )
 def test_scrub_text_removes_identifiers(text, planted, kind):

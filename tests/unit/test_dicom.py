@@ -19,7 +19,8 @@ from PIL import Image as PILImage
 from unimedvl.config import IngestConfig, SourceSpec
 from unimedvl.data import images
 from unimedvl.data.dicom_io import ALLOWED_DICOM_MODALITIES, read_dicom
-from unimedvl.data.privacy import DicomScrub, Keyed
+from unimedvl.data.dicom_profile import DicomScrub
+from unimedvl.data.privacy import Keyed
 from unimedvl.data.schema import MODALITIES, Quarantine, Record, Rejected
 from unimedvl.data.sources import dicom as dicom_source
 from unimedvl.data.sources.base import Context
@@ -63,7 +64,6 @@ DECODES = [
     ("MR_small.dcm", "mri", "Explicit VR Little Endian", 1, False),
     ("MR_small_jp2klossless.dcm", "mri", "JPEG 2000 Image Compression (Lossless Only)", 1, False),
     ("MR_small_RLE.dcm", "mri", "RLE Lossless", 1, False),
-    ("JPEG2000.dcm", "nuclear", "JPEG 2000", 1, False),
     ("emri_small_jpeg_ls_lossless.dcm", "mri", "JPEG-LS Lossless", 8, False),  # 10 frames -> 8
     ("JPGLosslessP14SV1_1s_1f_8b.dcm", "ultrasound", "JPEG Lossless", 1, False),
     ("examples_ybr_color.dcm", "ultrasound", "JPEG Baseline", 8, True),  # 30-frame YBR_FULL_422 cine
@@ -118,6 +118,15 @@ def test_secondary_capture_photo_is_not_allowed():
     with pytest.raises(Rejected) as e:
         read_dicom(data_file("SC_rgb_jpeg_dcmtk.dcm"), Keyed(KEY), IngestConfig())
     assert e.value.reason == "modality_not_allowed" and "OT" in e.value.detail
+
+
+def test_secondary_capture_is_secondary_capture_whatever_its_modality():
+    # JPEG2000.dcm is a Secondary Capture whose Modality says NM: not an NM acquisition
+    with pytest.raises(Rejected) as e:
+        read_dicom(data_file("JPEG2000.dcm"), Keyed(KEY), IngestConfig())
+    assert e.value.reason == "modality_not_allowed" and "Secondary Capture" in e.value.detail
+    img = read_dicom(data_file("JPEG2000.dcm"), Keyed(KEY), IngestConfig(allow_secondary_capture=True))
+    assert img.modality == "other" and img.frames and "JPEG 2000" in img.transfer_syntax
 
 
 def test_transfer_syntax_variants_dedupe(tmp_path):
@@ -410,8 +419,8 @@ def test_dates_shift_consistently_and_uids_remap_consistently():
         ds.StudyDate, ds.SeriesDate, ds.ContentDate = date, date, date
         ds.PatientBirthDate = "19510704"
         ds.StudyInstanceUID, ds.SOPInstanceUID = study_uid, sop_uid
-        ds.ReferencedImageSequence = pydicom.Sequence([pydicom.Dataset()])
-        ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3.4.5.6.7"
+        ds.ReferencedInstanceSequence = pydicom.Sequence([pydicom.Dataset()])
+        ds.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID = "1.2.3.4.5.6.7"
         return ds
 
     import datetime as dt
@@ -424,19 +433,19 @@ def test_dates_shift_consistently_and_uids_remap_consistently():
     b = study("20200101", "1.2.3.200", "1.2.3.200.1")
     c = study("20190312", "1.2.3.100", "1.2.3.100.1")
     for ds in (a, b):
-        touched = DicomScrub(k)(ds, "MRN98765432")
+        touched = DicomScrub(k, ("longitudinal_modified_dates",))(ds, "MRN98765432")
         assert {"dicom:dates", "dicom:uids", "dicom:PatientBirthDate"} <= set(touched)
-    DicomScrub(k)(c, "OTHER-PATIENT")
+    DicomScrub(k, ("longitudinal_modified_dates",))(c, "OTHER-PATIENT")
     # Same patient, two studies: both shifted by the same number of days, so the interval is kept.
     assert a.StudyDate != "20190312" and b.StudyDate != "20200101"
     assert (day(b.StudyDate) - day(a.StudyDate)) == (day("20200101") - day("20190312"))
     assert a.StudyDate == a.SeriesDate == a.ContentDate
     shift = (day(a.StudyDate) - day("20190312")).days
     assert shift == k.date_shift_days("MRN98765432") and shift < 0
-    assert "PatientBirthDate" not in a
+    assert not a.get("PatientBirthDate")  # Z in PS3.15 E.1-1: emptied, never shifted
     # UIDs: same input UID -> same output UID, in nested sequences too, whatever the patient.
     assert a.StudyInstanceUID == c.StudyInstanceUID == k.uid("1.2.3.100") != "1.2.3.100"
-    assert a.ReferencedImageSequence[0].ReferencedSOPInstanceUID == b.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+    assert a.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == b.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
     assert a.SOPInstanceUID != b.SOPInstanceUID and a.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
     # A different key gives different UIDs, pseudonyms, record ids and date shifts.
     k2 = Keyed(b"another key")

@@ -144,3 +144,28 @@ def test_frechet_distance_known_gaussians():
     assert frechet_distance(a, c) == pytest.approx(4.0, rel=0.1)
     few = frechet_metric(a[:7], b[:7])
     assert few.status is Status.insufficient_samples and "needs >= 8" in few.reason
+
+
+def test_synergy_masks_mixtures_and_tabulates(tmp_path):
+    from unimedvl.config import Params
+    from unimedvl.evaluate.synergy import masked_params, synergy_table, write_synergy_md
+    from unimedvl.train.stages import stage_spec
+
+    p = masked_params(Params(), ("i2t",), seed=3)
+    assert p.train.seed == 3
+    for stage in ("stage1", "stage2", "stage3"):
+        mix = stage_spec(p, stage).mixture
+        assert mix["i2t"] == 0 and mix["t2i"] > 0
+        assert stage_spec(p, stage).steps == stage_spec(Params(), stage).steps  # same budget
+    u = masked_params(Params(), ("t2i", "interleaved"), seed=0)
+    assert stage_spec(u, "stage2").mixture["t2i"] == 0 and stage_spec(u, "stage2").mixture["i2t"] > 0
+    results = {"unified": {0: {"vqa.finding.accuracy": 0.7, "generation.faithfulness.mean": 0.2},
+                           1: {"vqa.finding.accuracy": 0.8, "generation.faithfulness.mean": None}},
+               "understanding_only": {0: {"vqa.finding.accuracy": 0.6}, 1: {"vqa.finding.accuracy": 0.6}},
+               "generation_only": {0: {"generation.faithfulness.mean": 0.1}, 1: {}}}
+    rows = {r["metric"]: r for r in synergy_table(results)}
+    assert rows["vqa.finding.accuracy"]["deltas"] == pytest.approx([0.1, 0.2])
+    assert rows["vqa.finding.accuracy"]["mean"] == pytest.approx(0.15)
+    assert rows["generation.faithfulness.mean"]["deltas"] == pytest.approx([0.1]) and rows["generation.faithfulness.mean"]["stdev"] is None
+    text = write_synergy_md(list(rows.values()), tmp_path / "synergy.md").read_text()
+    assert "| `vqa.finding.accuracy` | understanding_only | +0.1500 |" in text

@@ -231,3 +231,35 @@ def test_required_field_with_default_may_be_omitted():
     )
     assert v.is_valid({"name": "x"})
     assert not v.is_valid({"mode": "auto"})
+
+
+def test_kubectl_older_than_1_27_is_not_used(tmp_path):
+    def fake(name: str, minor: str):
+        exe = tmp_path / name
+        exe.write_text(f"#!/bin/sh\necho '{{\"clientVersion\": {{\"major\": \"1\", \"minor\": \"{minor}\"}}}}'\n")
+        exe.chmod(0o755)
+        return exe
+
+    old, new, broken = fake("old", "20"), fake("new", "32+"), tmp_path / "missing"
+    assert manifests._kubectl_version(str(new)) == (1, 32)
+    assert manifests.pick_kubectl([old, broken, None]) is None
+    assert manifests.pick_kubectl([old, new]) == str(new)
+
+
+def test_infra_validate_command(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from unimedvl.cli import app
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump_all([SAMPLES["RayJob"], SAMPLES["Deployment"]]))
+    broken = copy.deepcopy(SAMPLES["RayJob"])
+    broken["spec"]["entrypoint"] = ["not", "a", "string"]
+    bad.write_text(yaml.safe_dump(broken))
+    runner = CliRunner()
+    result = runner.invoke(app, ["infra", "validate", str(good)])
+    assert result.exit_code == 0 and "2 document(s) valid" in result.output, result.output
+    result = runner.invoke(app, ["infra", "validate", str(good), str(bad)])
+    assert result.exit_code == 1
+    assert "RayJob/stage1: $.spec.entrypoint: ['not', 'a', 'string'] is not of type 'string'" in result.output

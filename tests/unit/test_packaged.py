@@ -97,7 +97,7 @@ def test_every_item_is_accounted_for(reduced):
     from unimedvl.data.privacy import scrub_path
 
     for cand in candidates:
-        item = scrub_path(cand.item)[0]
+        item = scrub_path(cand.item, keyed=Keyed(KEY))[0]  # the pseudonymous path records and lines carry
         assert item in used or item in quarantined, cand.item
 
 
@@ -111,9 +111,9 @@ def test_records_are_well_formed_and_keep_their_licence(reduced):
         for img in rec.input_img + rec.output_img:
             assert img.png.startswith(b"\x89PNG") and not img.path.startswith("/")
     licences = {r["dataset"]: r["license"] for r in rows}
-    assert licences["iu_xray_reports"] == "CC BY-NC-ND 4.0"
-    assert "MIT" in licences["pydicom-data"] and "BSD" in licences["dipy"]
-    assert "MNI ICBM152" in licences["nilearn-mni152"]
+    assert licences["iu_xray_reports"] == "CC-BY-NC-ND-4.0"  # SPDX ids from vocab.LICENSES
+    assert licences["pydicom-data"] == "MIT" and licences["dipy"] == "BSD-3-Clause"
+    assert licences["nilearn-mni152"] == "LicenseRef-MNI-ICBM152"
 
 
 def test_each_image_is_encoded_once_and_shared_by_its_records(reduced):
@@ -225,7 +225,7 @@ def test_reports_are_all_accounted_for(reduced):
     report_q = {q.item for q in quarantine if q.item.startswith(REPORT_ITEM)}
     assert len(text_only) + len(report_q) == IU_REPORTS
     assert 3000 < len(structure) <= len(text_only)
-    assert all(r["modality"] == "none" and r["license"] == "CC BY-NC-ND 4.0" for r in reports)
+    assert all(r["modality"] == "none" and r["license"] == "CC-BY-NC-ND-4.0" for r in reports)
     assert any("XXXX" in r["message"][1]["value"] for r in text_only)  # placeholders kept
     first = next(r for r in text_only if json.loads(r["labels"])["report_id"] == "CXR1")
     assert first["message"][1]["value"].startswith("FINDINGS: The cardiac silhouette")
@@ -359,12 +359,8 @@ def test_closed_questions_never_answer_no_for_a_part_the_image_may_show():
 
 @pytest.mark.slow
 def test_full_build_has_a_thousand_images_in_six_modalities_and_all_reports(tmp_path):
-    import time
-
-    start = time.perf_counter()
+    # Its speed is benchmarks/bench_ingest.py's figure, not an assertion here.
     manifest, rows, quarantine = _build(tmp_path / "full", FULL)
-    seconds = time.perf_counter() - start
-    assert seconds < 180, f"the full packaged build took {seconds:.0f} s"
     distinct = _distinct_images(_image_rows(rows))
     total = sum(len(s) for s in distinct.values())
     assert total >= 1000, {m: len(s) for m, s in distinct.items()}
@@ -405,7 +401,7 @@ def test_a_bad_or_missing_volume_is_one_quarantine_line_each(monkeypatch):
     shots = packaged.Shots()
     items = list(packaged._volume_shots(_ctx(IngestConfig(packaged=PackagedConfig(slices_per_volume=1))), shots))
     assert [(q.item, q.reason) for q in items] == [
-        ("nibabel/tests/data/README.rst", "unreadable"),
+        ("nibabel/tests/data/README.rst", "decode_error"),  # nibabel cannot decode it (class in detail)
         ("nibabel/tests/data/no-such-file.nii.gz", "missing_file"),
         ("no_such_package_xyz/data/x.nii.gz", "missing_file"),
     ]

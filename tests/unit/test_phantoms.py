@@ -153,7 +153,7 @@ def test_every_task_type_present_with_the_requested_mix(dataset):
     assert manifest["by_task"] == allocate(COUNT, cfg.phantom.task_mix)
     assert set(manifest["by_task"]) == set(SUB_TASKS)
     assert {r.dataset for r in records} == {"phantom"}
-    assert {r.license for r in records} == {"CC0 (procedurally generated)"}
+    assert {r.license for r in records} == {"CC0-1.0"}  # the SPDX id of "CC0 (procedurally generated)"
     for r in records:
         assert r.problems() == [] and r.phi_removed == []
         fam = r.labels["family"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from tests.unit.test_qc_checks import near_copy, phantom
-from unimedvl.qc.alignment import AlignmentScorer, below_cut
+from unimedvl.qc.alignment import AlignmentScorer, below_cut, load_scorer
 from unimedvl.qc.dedup import (
     brute_force_pairs,
     correlation,
@@ -79,8 +80,27 @@ def test_alignment_cut_keeps_the_top_fraction_and_unjudged_records():
     assert cut == 0.5 and drop == [False, True, False, False, False, True]  # 3 of 5 judged kept
     assert below_cut([0.5, 0.5, 0.5, 0.5], 0.5)[0] == [False, False, True, True]  # ties: exact fraction
 
-    class Const:
-        def score(self, records):
-            return [1.0] * len(records)
 
-    assert isinstance(Const(), AlignmentScorer)
+
+def test_load_scorer_imports_factories_and_instances_and_refuses_the_rest(tmp_path, monkeypatch):
+    (tmp_path / "my_align.py").write_text(
+        "class Const:\n"
+        "    def __init__(self, value=1.0):\n"
+        "        self.value = value\n"
+        "    def score(self, records):\n"
+        "        return [self.value] * len(records)\n"
+        "def half():\n"
+        "    return Const(0.5)\n"
+        "ready = Const(2.0)\n"
+        "class NoScore:\n"
+        "    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_scorer("my_align:Const").score([1, 2]) == [1.0, 1.0]  # a class is instantiated
+    assert load_scorer("my_align:half").score([1]) == [0.5]  # a factory is called
+    assert load_scorer("my_align:ready").score([1]) == [2.0]  # an instance is used as it is
+    with pytest.raises(TypeError, match="my_align:NoScore gives NoScore, which has no score"):
+        load_scorer("my_align:NoScore")
+    with pytest.raises(ValueError, match="must look like 'package.module:factory'"):
+        load_scorer("my_align.Const")
+    assert not isinstance(object(), AlignmentScorer)

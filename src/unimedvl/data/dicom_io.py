@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
+import stat
 import struct
 import threading
 import warnings
@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from ..config import IngestConfig
-from . import images
-from .privacy import DicomScrub, Keyed, scrub_text
+from . import images, vocab
+from .patterns import BoundedPattern, bounded, linear
+from .dicom_profile import DicomScrub
+from .privacy import Keyed, scrub_text
 from .schema import Rejected
 
 # DICOM Modality (0008,0060) -> schema modality. Everything else (OT, SC photographs, SEG, RTDOSE,
@@ -60,6 +62,7 @@ _DECODER_HINT = (
     "JPEG 2000, pylibjpeg-rle for RLE) or python-gdcm"
 )
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its .1-.4 multi-frame variants
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _UNDEFINED = 0xFFFFFFFF
 
@@ -123,9 +126,12 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
     from pydicom.errors import InvalidDicomError
 
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as e:
         raise Rejected("unreadable", f"the file could not be read: {e.strerror or type(e).__name__}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Rejected("not_a_regular_file", "the path is not a regular file (a FIFO, device or folder)")
+    size = st.st_size
     if size == 0:
         raise Rejected("empty_file", "the file is zero bytes long")
     try:
@@ -138,24 +144,37 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
         raise Rejected("unreadable", f"the file could not be read: {e.strerror or type(e).__name__}") from None
     except Exception as e:  # noqa: BLE001 - a malformed header must quarantine, never crash the run
         raise Rejected("unreadable", f"the DICOM header could not be parsed ({type(e).__name__})") from None
-    if _is_truncated(ds, size, caught):
+    # Element offsets of a Deflated file point into the inflated stream, not the file: only
+    # pydicom's own end-of-data warnings tell truncation there.
+    deflated = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == _DEFLATED
+    if _is_truncated(ds, None if deflated else size, caught):
         raise Rejected("truncated_image", "the DICOM file ends before its data does (it was cut short)")
 
     # --- clinical allow-list and burned-in text --------------------------------------------------
     # Checked first: Modality, SOP class and BurnedInAnnotation identify no one, and a file rejected
     # here (photographs, RT dose, segmentations) is not worth scrubbing.
     dicom_modality = str(ds.get("Modality", "") or "").strip().upper()
-    sop_class = str(ds.get("SOPClassUID", "") or "")
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    if sop_class == _SECONDARY_CAPTURE or sop_class.startswith(_SECONDARY_CAPTURE + "."):
+        # A Secondary Capture is a screenshot, photograph or scanned film whatever its Modality says
+        # ("CT" on a screenshot of a CT viewer): it is not that acquisition.
+        if not cfg.allow_secondary_capture:
+            raise Rejected(
+                "modality_not_allowed",
+                f"a Secondary Capture object (SOP class {sop_class}, Modality {_safe_token(dicom_modality, upper=True) or '?'}) "
+                "is a screenshot or photograph, not an acquisition (set ingest.allow_secondary_capture to take them)",
+            )
+        dicom_modality = "OT"
     if not dicom_modality:
         raise Rejected("modality_not_allowed", "the DICOM names no Modality (0008,0060), so it is not known to be clinical imaging")
-    if dicom_modality not in ALLOWED_DICOM_MODALITIES:
+    if dicom_modality not in ALLOWED_DICOM_MODALITIES and not (dicom_modality == "OT" and cfg.allow_secondary_capture):
         what = " (a Secondary Capture: a photograph or screenshot, not an acquisition)" if sop_class.startswith(_SECONDARY_CAPTURE) else ""
         raise Rejected(
             "modality_not_allowed",
             f"modality {_safe_token(dicom_modality, upper=True) or '?'}{what} is not on the clinical allow-list "
             f"({', '.join(sorted(ALLOWED_DICOM_MODALITIES))})",
         )
-    modality = ALLOWED_DICOM_MODALITIES[dicom_modality]
+    modality = ALLOWED_DICOM_MODALITIES.get(dicom_modality, "other")
     if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES" and not cfg.allow_burned_in:
         raise Rejected(
             "burned_in_annotation",
@@ -168,7 +187,7 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
         patient = _first_text(ds, "PatientID", "StudyInstanceUID", "SOPInstanceUID") or "unknown"
         sop_uid = _first_text(ds, "SOPInstanceUID") or _first_text(getattr(ds, "file_meta", None) or {}, "MediaStorageSOPInstanceUID")
         sequence = _guess_sequence(ds) if str(ds.get("Modality", "")).strip().upper() == "MR" else None
-        phi_removed = DicomScrub(keyed)(ds, patient)
+        phi_removed = DicomScrub(keyed, tuple(cfg.dicom_retain))(ds, patient)
     except Rejected:
         raise
     except Exception as e:  # noqa: BLE001
@@ -188,6 +207,15 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
             f"{rows}x{cols} x {len(indices)} frame(s) = {rows * cols * len(indices):,} pixels, "
             f"over the cap of {images.MAX_PIXELS:,}",
         )
+    samples = max(1, _int(ds.get("SamplesPerPixel"), 1))
+    bytes_per_sample = max(1, (_int(ds.get("BitsAllocated"), 8) + 7) // 8)
+    decoded = rows * cols * samples * bytes_per_sample  # one frame: frames are decoded one at a time
+    if decoded > cfg.max_decoded_bytes:
+        raise Rejected(
+            "oversized",
+            f"one {rows}x{cols} frame decodes to {decoded:,} bytes ({samples} sample(s) of {bytes_per_sample} byte(s)), "
+            f"over ingest.max_decoded_bytes = {cfg.max_decoded_bytes:,}",
+        )
     tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if not tsuid:
         raise Rejected("unsupported_transfer_syntax", "the file meta information names no Transfer Syntax UID")
@@ -199,7 +227,15 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
     frames: list[np.ndarray] = []
     for idx in indices:
         arr, info = _decode(decoder, ds, idx, ts_name)
-        out = _display(arr, info, ds, idx, keep16, bits_stored)
+        # Shrink by an integer stride before any float work (LUTs, windowing): a 7900^2 frame would
+        # otherwise become several 500 MB float64 copies. Rescale and windowing are per-pixel, so
+        # they commute with subsampling; the final bilinear resize keeps the image quality.
+        arr = images.prereduce(arr, cfg.max_side)
+        try:
+            out = _display(arr, info, ds, idx, keep16, bits_stored)
+        except Exception as e:  # noqa: BLE001 - a palette without its LUT, a text RescaleSlope, a short LUT
+            raise Rejected("decode_error", f"the pixels could not be mapped for display ({type(e).__name__}: "
+                           f"{_short(e, 120)})") from None
         frames.append(images.resize_max_side(out, cfg.max_side))
 
     # --- de-identified metadata ----------------------------------------------------------------
@@ -246,10 +282,12 @@ def _read(path: Path, keyed: Keyed, cfg: IngestConfig, max_frames: int, caught: 
 # --- reading checks ---------------------------------------------------------------------------------
 
 
-def _is_truncated(ds: Any, size: int, caught: list) -> bool:
+def _is_truncated(ds: Any, size: int | None, caught: list) -> bool:
     """pydicom reads a cut-short file without complaint; find the element that runs past the end."""
     if any("End of file reached" in str(w.message) or "before delimiter" in str(w.message) for w in caught):
         return True
+    if size is None:
+        return False
     end = 0
     for d in (getattr(ds, "file_meta", None), ds):
         if d is None:
@@ -432,18 +470,20 @@ def _safe_token(v: Any, *, upper: bool = False) -> str:
         return ""
     if not isinstance(v, str) and hasattr(v, "__len__"):
         v = v[0] if len(v) else ""
-    text = re.sub(r"[^A-Za-z0-9 ]+", " ", str(v).replace("_", " ")).strip()
-    text = re.sub(r"\s+", " ", text)[:32]
+    text = _NOT_TOKEN.sub(" ", str(v)[:256].replace("_", " ")).strip()
+    text = " ".join(text.split())[:32]
     if not text:
         return ""
     _, touched = scrub_text(text)
-    if touched or re.search(r"\d{4,}", text):
+    if touched or _DIGITS4.search(text):
         return ""
     return text.upper() if upper else text.lower()
 
 
 def _body_part(ds: Any) -> str | None:
-    return _safe_token(ds.get("BodyPartExamined")) or None
+    """BodyPartExamined mapped onto DICOM's defined terms (vocab.BODY_PARTS); free text ("SMITH",
+    "Chest for Dr X") is left out, never copied into a caption or an answer."""
+    return vocab.body_part(ds.get("BodyPartExamined"))
 
 
 def _laterality(ds: Any) -> str | None:
@@ -493,15 +533,19 @@ def _pixel_spacing(ds: Any) -> list[float] | None:
 # --- MR sequence (read BEFORE scrubbing: descriptions are free text the scrub removes) --------------
 
 _CONTRAST = {"T1": "T1", "T2": "T2", "PROTON_DENSITY": "PD", "FLAIR": "FLAIR", "DIFFUSION": "DWI", "T2_STAR": "T2*"}
-_SEQUENCE_RULES: list[tuple[str, re.Pattern[str]]] = [
-    ("FLAIR", re.compile(r"FLAIR|DARK ?FLUID")),
-    ("ADC", re.compile(r"(?<![A-Z0-9])ADC(?![A-Z0-9])|APPARENT DIFF")),
-    ("DWI", re.compile(r"(?<![A-Z0-9])DWI|DIFFUSION|(?<![A-Z0-9])DIFF(?![A-Z])|(?<![A-Z0-9])TRACE(?![A-Z])|EP2D DIFF")),
-    ("SWI", re.compile(r"(?<![A-Z0-9])SWI(?![A-Z0-9])|(?<![A-Z0-9])SWAN(?![A-Z0-9])|SUSCEPTIBILITY")),
-    ("T2*", re.compile(r"T2 ?\*|T2 ?STAR")),
-    ("T1", re.compile(r"(?<![A-Z0-9])T1(?![0-9])|MPRAGE|MP RAGE|(?<![A-Z0-9])SPGR(?![A-Z0-9])|(?<![A-Z0-9])BRAVO(?![A-Z0-9])|T1W")),
-    ("T2", re.compile(r"(?<![A-Z0-9])T2(?![0-9])|T2W")),
-    ("PD", re.compile(r"(?<![A-Z0-9])PD(?![A-Z0-9])|PROTON DENSITY")),
+# Look-around needs Python's `re`: these see at most 4 descriptions of <= 128 characters each.
+_NOT_TOKEN = linear(r"[^A-Za-z0-9 ]+")
+_DIGITS4 = linear(r"\d{4,}")
+_SEPARATORS = linear(r"[_\-/]+")
+_SEQUENCE_RULES: list[tuple[str, BoundedPattern]] = [
+    ("FLAIR", bounded(r"FLAIR|DARK ?FLUID", 600)),
+    ("ADC", bounded(r"(?<![A-Z0-9])ADC(?![A-Z0-9])|APPARENT DIFF", 600)),
+    ("DWI", bounded(r"(?<![A-Z0-9])DWI|DIFFUSION|(?<![A-Z0-9])DIFF(?![A-Z])|(?<![A-Z0-9])TRACE(?![A-Z])|EP2D DIFF", 600)),
+    ("SWI", bounded(r"(?<![A-Z0-9])SWI(?![A-Z0-9])|(?<![A-Z0-9])SWAN(?![A-Z0-9])|SUSCEPTIBILITY", 600)),
+    ("T2*", bounded(r"T2 ?\*|T2 ?STAR", 600)),
+    ("T1", bounded(r"(?<![A-Z0-9])T1(?![0-9])|MPRAGE|MP RAGE|(?<![A-Z0-9])SPGR(?![A-Z0-9])|(?<![A-Z0-9])BRAVO(?![A-Z0-9])|T1W", 600)),
+    ("T2", bounded(r"(?<![A-Z0-9])T2(?![0-9])|T2W", 600)),
+    ("PD", bounded(r"(?<![A-Z0-9])PD(?![A-Z0-9])|PROTON DENSITY", 600)),
 ]
 
 
@@ -514,7 +558,7 @@ def _guess_sequence(ds: Any) -> str | None:
     for kw in ("SeriesDescription", "ProtocolName", "SequenceName", "PulseSequenceName"):
         v = ds.get(kw)
         if v:
-            texts.append(re.sub(r"[_\-/]+", " ", str(v).upper()))
+            texts.append(_SEPARATORS.sub(" ", str(v)[:128].upper()))
     joined = " | ".join(texts)
     for token, pattern in _SEQUENCE_RULES:
         if pattern.search(joined):

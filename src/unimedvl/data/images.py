@@ -6,14 +6,16 @@ exception that escapes the adapter.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageFile, UnidentifiedImageError
+from PIL import ImageFile, ImageOps, UnidentifiedImageError
 
 from .schema import Image, Rejected
 
@@ -21,17 +23,41 @@ from .schema import Image, Rejected
 MAX_PIXELS = 64_000_000
 
 
-def set_max_pixels(n: int) -> None:
-    global MAX_PIXELS
+# Decoded-size cap (bytes of one decoded image or DICOM frame); overridden from params.
+MAX_DECODED_BYTES = 256 << 20
+
+
+def set_max_pixels(n: int, max_decoded_bytes: int | None = None) -> None:
+    global MAX_PIXELS, MAX_DECODED_BYTES
     MAX_PIXELS = int(n)
     PILImage.MAX_IMAGE_PIXELS = int(n)
+    if max_decoded_bytes is not None:
+        MAX_DECODED_BYTES = int(max_decoded_bytes)
 
 
-def safe_path(root: Path, rel: str) -> Path:
-    """Resolve `rel` under `root`; reject absolute paths, `..` escapes and symlinks leaving root."""
+def safe_path(root: Path, rel: str, *, regular: bool = True) -> Path:
+    """Resolve `rel` under `root`; reject absolute paths, `..` escapes and symlinks leaving root.
+
+    With `regular` (the default) only a regular file is returned: opening a FIFO would block the
+    run forever, and a device or socket is never an image.
+    """
     if not rel or not str(rel).strip():
         raise Rejected("missing_field", "the record names no image path")
     rel = str(rel).strip()
+    if "\x00" in rel:
+        raise Rejected("invalid_value", "the path holds a NUL byte, which no file name can contain")
+    try:
+        os.fsencode(rel)  # a file name that is not UTF-8 arrives surrogate-escaped and is fine
+    except UnicodeEncodeError:
+        raise Rejected("invalid_text", "the path holds a lone surrogate that no file name can hold") from None
+    try:
+        return _resolve_under(root, rel, regular)
+    except OSError as e:  # ENAMETOOLONG, ELOOP, EACCES... on the path itself
+        why = "file name too long" if e.errno == errno.ENAMETOOLONG else (e.strerror or type(e).__name__)
+        raise Rejected("unreadable", f"the path could not be looked up: {why} ({type(e).__name__})") from None
+
+
+def _resolve_under(root: Path, rel: str, regular: bool) -> Path:
     if os.path.isabs(rel) or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
         raise Rejected("path_escape", f"image path {rel!r} is absolute; paths must be relative to the input folder")
     root_real = Path(os.path.realpath(root))
@@ -40,13 +66,27 @@ def safe_path(root: Path, rel: str) -> Path:
     if real != root_real and root_real not in real.parents:
         how = "through a symlink" if ".." not in Path(rel).parts else "with '..'"
         raise Rejected("path_escape", f"image path {rel!r} leads outside the input folder {how}")
-    if not real.exists():
-        raise Rejected("missing_file", f"image file {rel!r} does not exist under the input folder")
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        raise Rejected("missing_file", f"image file {rel!r} does not exist under the input folder") from None
+    if regular and not stat.S_ISREG(mode):
+        raise Rejected("not_a_regular_file", f"{rel!r} is a {_kind(mode)}, not a regular file")
     return real
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def read_bytes(path: Path) -> bytes:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise Rejected("not_a_regular_file", f"{path.name} is a {_kind(os.stat(path).st_mode)}, not a regular file")
         data = path.read_bytes()
     except OSError as e:
         raise Rejected("unreadable", f"could not read {path.name}: {e.strerror or e}") from None
@@ -55,8 +95,22 @@ def read_bytes(path: Path) -> bytes:
     return data
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """Decode an ordinary image file (PNG, JPEG, TIFF, BMP, ...) to uint8/uint16 grey or RGB."""
+def prereduce(arr: np.ndarray, max_side: int) -> np.ndarray:
+    """`arr` subsampled by the integer stride that keeps its longer side >= 2 * max_side (a copy
+    only when it shrinks): cheap, and it bounds the memory of every later step."""
+    h, w = arr.shape[:2]
+    if not max_side or max(h, w) < 4 * max_side:
+        return arr
+    k = max(h, w) // (2 * max_side)
+    return np.ascontiguousarray(arr[::k, ::k])
+
+
+def decode_image(data: bytes, name: str = "image", max_side: int = 0) -> np.ndarray:
+    """Decode an ordinary image file (PNG, JPEG, TIFF, BMP, ...) to uint8/uint16 grey or RGB.
+
+    EXIF orientation is applied (a phone photo stored on its side is stored upright). With
+    `max_side`, a large image is reduced by PIL's box filter right after decoding, before the array
+    conversions, so a 7900^2 RGB PNG never exists as several full-size numpy copies."""
     if not data:
         raise Rejected("empty_file", f"{name} is zero bytes long")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -67,7 +121,20 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
                 w, h = im.size
                 if w * h > MAX_PIXELS:
                     raise Rejected("image_too_large", f"{name} is {w}x{h} = {w * h:,} pixels, over the cap of {MAX_PIXELS:,}")
+                decoded = w * h * len(im.getbands()) * (2 if im.mode.startswith("I;16") else 4 if im.mode in ("I", "F") else 1)
+                if decoded > MAX_DECODED_BYTES:
+                    raise Rejected("oversized", f"{name} decodes to {decoded:,} bytes, over ingest.max_decoded_bytes = "
+                                   f"{MAX_DECODED_BYTES:,}")
+                if max_side and max(w, h) >= 4 * max_side and hasattr(im, "draft"):
+                    im.draft(im.mode, (w // 2, h // 2))  # JPEG: decode at a reduced scale directly
                 im.load()
+                im = ImageOps.exif_transpose(im) or im
+                w, h = im.size
+                if max_side and max(w, h) >= 4 * max_side:
+                    try:
+                        im = im.reduce(max(w, h) // (2 * max_side))
+                    except ValueError:  # modes reduce() does not take (palette, 1-bit): full size
+                        pass
                 arr = _to_array(im)
     except Rejected:
         raise
@@ -117,7 +184,7 @@ def window(
     Uses the DICOM window when given, else robust percentiles, so a few hot pixels do not flatten
     the contrast of the whole image.
     """
-    v = np.asarray(values, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float32)  # 24-bit mantissa: exact for 16-bit data, half float64's cost
     # Percentiles of a strided sample of ~64k pixels match the full image's to well under one grey
     # level and cost a fraction of a full partition on large scans.
     sample = v.ravel()[:: max(1, v.size // 65536)]
@@ -178,5 +245,5 @@ def resize_max_side(arr: np.ndarray, max_side: int) -> np.ndarray:
 def load_image_file(root: Path, rel: str, max_side: int = 0) -> Image:
     """Safe path + read + decode + optional downscale + PNG: the common path of every adapter."""
     path = safe_path(root, rel)
-    arr = decode_image(read_bytes(path), name=rel)
+    arr = decode_image(read_bytes(path), name=rel, max_side=max_side)
     return encode_png(resize_max_side(arr, max_side), path=rel)

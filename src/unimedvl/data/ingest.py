@@ -56,7 +56,7 @@ def ingest(
     """Ingest every source into one data set at `output`. Library entry of CLI, DVC and KFP."""
     console = console or Console(stderr=True)
     resolved = resolve_specs(specs)
-    images.set_max_pixels(cfg.max_pixels)
+    images.set_max_pixels(cfg.max_pixels, cfg.max_decoded_bytes)
     keyed = Keyed(key if key is not None else load_key())
     writer = DatasetWriter(Path(output), step="ingest", shard_max_mb=cfg.shard_max_mb)
     start = time.perf_counter()

@@ -7,17 +7,18 @@ are short sequential numbers), so there is deliberately no fallback constant.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import hmac
 import os
-import re
 import secrets
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import deid
+from .patterns import bounded
 
 KEY_ENV = "UNIMEDVL_SECRET_KEY"  # hex or any string
 KEY_FILE_ENV = "UNIMEDVL_SECRET_FILE"
@@ -49,7 +50,9 @@ class Keyed:
     key: bytes
 
     def digest(self, *parts: str) -> bytes:
-        return hmac.new(self.key, "\x1f".join(parts).encode(), hashlib.sha256).digest()
+        # surrogatepass: a file name that is not UTF-8 (os.walk hands it over with surrogate
+        # escapes) still gets its stable pseudonym instead of an encoding error.
+        return hmac.new(self.key, "\x1f".join(parts).encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
     def token(self, *parts: str, length: int = 16) -> str:
         return self.digest(*parts).hex()[:length]
@@ -91,190 +94,79 @@ def _split_for(keyed: Keyed, group: str, fraction_items: tuple[tuple[str, float]
     return "train"
 
 
-# --- report text -----------------------------------------------------------------------------------
+# --- text and paths ------------------------------------------------------------------------------
 
-_MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
-TEXT_PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
-    ("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"), "[EMAIL]"),
-    (
-        "date",
-        re.compile(
-            r"\b(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}"
-            rf"|\d{{1,2}}\s+{_MONTHS}\s+\d{{2,4}}|{_MONTHS}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}})\b",
-            re.IGNORECASE,
-        ),
-        "[DATE]",
-    ),
-    (
-        "phone",
-        re.compile(r"(?<!\w)(?:\+?\d{1,2}[\s.-])?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}\b"),
-        "[PHONE]",
-    ),
-    (
-        "person_name",
-        re.compile(r"\b(?:Dr|Doctor|Mr|Mrs|Ms|Prof)\.?\s+[A-Z][a-zA-Z'-]+(?:\s+[A-Z][a-zA-Z'-]+)?"),
-        "[NAME]",
-    ),
-    (
-        "id_number",
-        # Labelled IDs ("MRN: 1234"), and any run of 6+ digits, also glued to a short upper-case
-        # prefix as in "MRN98765432" or "ACC55501234" (file and folder names carry them that way).
-        re.compile(
-            r"(?<![A-Za-z0-9])(?:MRN|ID|Acc(?:ession)?|No|#)[:#.\s]*[A-Z]{0,3}\d{4,}(?!\d)"
-            r"|(?<!\d)(?<!\d\.)[A-Z]{0,4}\d{6,}(?!\d|\.\d)"  # not part of a decimal number
-        ),
-        "[ID]",
-    ),
-]
-
-
-# Every pattern above needs a digit, an "@" or a title word; one search for those rules out most
-# strings (questions, captions, labels) before the five substitutions run.
-_MAYBE_PHI = re.compile(r"[\d@]|\b(?:Dr|Doctor|Mr|Mrs|Ms|Prof)\b")
-
-
-def scrub_text(text: str) -> tuple[str, list[str]]:
-    """Replace dates, phone numbers, e-mail addresses, ID-like numbers and titled names."""
-    if not _MAYBE_PHI.search(text):
-        return text, []
-    cleaned, touched = _scrub_cached(text)
-    return cleaned, list(touched)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _scrub_cached(text: str) -> tuple[str, tuple[str, ...]]:
-    # Templated questions and URIs repeat across the records of one image: cache by text.
-    touched: list[str] = []
-    for name, pattern, replacement in TEXT_PATTERNS:
-        text, n = pattern.subn(replacement, text)
-        if n:
-            touched.append(f"text:{name}")
-    return text, tuple(touched)
+# The one text scrubber (unimedvl.data.deid): `scrub_text(text)` -> (text with [NAME], [DATE]...
+# placeholders, categories touched); `scrub_text(text, mode="drop")` removes the values instead
+# (the server's door). `detect(text)` gives the spans (QC's residual-PHI check).
+scrub_text = deid.scrub_text
+detect = deid.detect
 
 
 def scrub_json(value: Any) -> tuple[Any, list[str]]:
-    """`scrub_text` over every string inside a JSON-able value (labels, metadata)."""
+    """`scrub_text` over every string inside a JSON-able value (labels, metadata), keys included."""
+    touched: list[str] = []
+    return _scrub_value(value, touched), touched
+
+
+def _scrub_value(value: Any, touched: list[str]) -> Any:
     if isinstance(value, str):
-        return scrub_text(value)
-    if isinstance(value, dict):
-        out, touched = {}, []
-        for k, v in value.items():
-            out[k], t = scrub_json(v)
+        text, t = scrub_text(value)
+        if t:
             touched += t
-        return out, touched
+        return text
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            key = _scrub_value(k, touched) if isinstance(k, str) else k
+            out[key] = v if v is None or isinstance(v, bool | int | float) else _scrub_value(v, touched)
+        return out
     if isinstance(value, list | tuple):
-        pairs = [scrub_json(v) for v in value]
-        return [p[0] for p in pairs], [t for p in pairs for t in p[1]]
-    return value, []
+        return [v if v is None or isinstance(v, bool | int | float) else _scrub_value(v, touched) for v in value]
+    return value
 
 
-def scrub_path(rel_path: str, extra_identifiers: tuple[str, ...] = ()) -> tuple[str, list[str]]:
-    """Scrub path components that carry names or IDs (e.g. `Smith_John/12345678/img.dcm`)."""
-    cleaned, touched = _scrub_path_cached(str(rel_path), tuple(extra_identifiers))
+_LETTERS = str.maketrans("0123456789abcdef", "ghijklmnopqrstuv")
+# Separators that split a stored path or URI into components: folders, `file#fragment`, `file:line`.
+_SEPARATORS = bounded(r"([/#:=])", 4096)
+_EXTENSION = bounded(r"(.+?)((?:\.[A-Za-z][A-Za-z0-9]{0,4}){1,2})", 512)
+_ID_RUN = bounded(r"\d{5,}", 512)
+
+
+def component_token(keyed: Keyed, part: str, kind: str = "p") -> str:
+    """A path component's keyed pseudonym: letters only (a run of digits would read as an ID)."""
+    return kind + "-" + keyed.token("path", part, length=12).translate(_LETTERS)
+
+
+def scrub_path(rel_path: str, extra_identifiers: tuple[str, ...] = (), keyed: Keyed | None = None) -> tuple[str, list[str]]:
+    """A relative path or URI with its structure kept and every component that is not a plain
+    file-system token (it holds a name, an ID, a date: whatever `detect` finds, a 5+ digit run, or
+    one of `extra_identifiers`) replaced: by its keyed pseudonym when `keyed` is given (the same
+    component always gets the same token), else by a placeholder. The extension is kept."""
+    cleaned, touched = _scrub_path_cached(str(rel_path), tuple(extra_identifiers), keyed)
     return cleaned, list(touched)
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _scrub_path_cached(rel_path: str, extra_identifiers: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    # One image's URI is scrubbed once for each of its records: cache by path.
-    touched: list[str] = []
-    parts = []
-    for part in Path(rel_path).as_posix().split("/"):
-        new, t = scrub_text(part)
-        for ident in extra_identifiers:
-            if ident and len(ident) >= 3 and ident.lower() in new.lower():
-                new = re.sub(re.escape(ident), "[ID]", new, flags=re.IGNORECASE)
-                t.append("path:identifier")
-        parts.append(new)
-        touched += [x.replace("text:", "path:") for x in t]
-    return "/".join(parts), tuple(sorted(set(touched)))
-
-
-# --- DICOM headers (PS3.15 Annex E, Basic Application Level Confidentiality Profile) ------------
-
-# Attributes the basic profile removes or empties (keywords). Kept as a list here, not scattered,
-# so a reviewer can hold it against the standard's table E.1-1.
-DICOM_REMOVE = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientAddress",
-    "PatientTelephoneNumbers", "PatientMotherBirthName", "OtherPatientIDs", "OtherPatientNames",
-    "OtherPatientIDsSequence", "PatientBirthName", "MilitaryRank", "BranchOfService",
-    "MedicalRecordLocator", "EthnicGroup", "Occupation", "AdditionalPatientHistory",
-    "PatientComments", "PatientInsurancePlanCodeSequence", "PatientReligiousPreference",
-    "ResponsiblePerson", "ResponsibleOrganization", "CountryOfResidence", "RegionOfResidence",
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "InstitutionCodeSequence",
-    "ReferringPhysicianName", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
-    "ReferringPhysicianIdentificationSequence", "PhysiciansOfRecord", "PerformingPhysicianName",
-    "NameOfPhysiciansReadingStudy", "OperatorsName", "RequestingPhysician", "ScheduledPerformingPhysicianName",
-    "AccessionNumber", "StudyID", "RequestedProcedureID", "PerformedProcedureStepID",
-    "ScheduledProcedureStepID", "AdmissionID", "IssuerOfPatientID", "StationName", "DeviceSerialNumber",
-    "PlateID", "CassetteID", "DetectorID", "ProtocolName", "StudyDescription", "SeriesDescription",
-    "RequestAttributesSequence", "ImageComments", "RequestedProcedureDescription",
-    "PerformedProcedureStepDescription", "AcquisitionComments", "ContentCreatorName",
-    "TextComments", "TextString", "FrameComments", "DerivationDescription", "PatientState",
-    "ReasonForStudy", "RequestingService", "CurrentPatientLocation", "PatientInstitutionResidence",
-    "ReasonForTheRequestedProcedure", "ServiceEpisodeID", "VisitComments", "InterpretationText",
-)
-# Everything with VR UI except the class UIDs (which identify the kind of object, not the person).
-_UID_KEEP = {"SOPClassUID", "MediaStorageSOPClassUID", "TransferSyntaxUID", "ReferencedSOPClassUID",
-             "ImplementationClassUID", "CodingSchemeUID", "ContextGroupExtensionCreatorUID"}
-
-
-@dataclass
-class DicomScrub:
-    keyed: Keyed
-    touched: list[str] = field(default_factory=list)
-
-    def __call__(self, ds, patient: str) -> list[str]:  # ds: pydicom.Dataset
-        """Scrub `ds` in place; returns what was touched. `patient` keys the date shift."""
-        from pydicom.dataset import Dataset  # noqa: F401  (imported for the type only)
-
-        touched: set[str] = set()
-        shift = self.keyed.date_shift_days(patient)
-
-        def walk(d) -> None:
-            for elem in list(d):
-                kw = elem.keyword
-                if elem.tag.is_private:
-                    del d[elem.tag]
-                    touched.add("dicom:private_tags")
-                    continue
-                if kw in DICOM_REMOVE:
-                    del d[elem.tag]
-                    touched.add(f"dicom:{kw}")
-                elif elem.VR == "SQ":
-                    for item in elem.value:
-                        walk(item)
-                elif elem.VR == "UI" and kw not in _UID_KEEP and elem.value:
-                    vals = elem.value if elem.VM > 1 else [elem.value]
-                    new = [self.keyed.uid(str(v)) for v in vals]
-                    elem.value = new if elem.VM > 1 else new[0]
-                    touched.add("dicom:uids")
-                elif elem.VR in ("DA", "DT") and elem.value:
-                    elem.value = _shift_date(str(elem.value), shift, elem.VR)
-                    touched.add("dicom:dates")
-                elif elem.VR == "PN" and elem.value:
-                    del d[elem.tag]
-                    touched.add(f"dicom:{kw or 'person_name'}")
-                # SH is left out: it holds coded values (CodeValue "113691") the text scrubber would mangle;
-                # the SH attributes that identify people (StationName, AccessionNumber...) are removed above.
-                elif elem.VR in ("LO", "LT", "ST", "UT") and isinstance(elem.value, str) and elem.value:
-                    cleaned, t = scrub_text(elem.value)
-                    if t:
-                        elem.value = cleaned
-                        touched.add(f"dicom:{kw}")
-
-        walk(ds)
-        if hasattr(ds, "file_meta") and "MediaStorageSOPInstanceUID" in ds.file_meta:
-            ds.file_meta.MediaStorageSOPInstanceUID = self.keyed.uid(str(ds.file_meta.MediaStorageSOPInstanceUID))
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "PS3.15 E.1 basic; UIDs remapped; dates shifted per patient"  # LO: <= 64 chars
-        return sorted(touched)
-
-
-def _shift_date(value: str, days: int, vr: str) -> str:
-    digits = value.strip()
-    try:
-        d = dt.datetime.strptime(digits[:8], "%Y%m%d") + dt.timedelta(days=days)
-    except ValueError:
-        return ""  # an unparsable date is emptied rather than kept
-    return d.strftime("%Y%m%d") + (digits[8:] if vr == "DT" else "")
+def _scrub_path_cached(rel_path: str, extra_identifiers: tuple[str, ...], keyed: Keyed | None) -> tuple[str, tuple[str, ...]]:
+    touched: set[str] = set()
+    out = []
+    for piece in _SEPARATORS.split(rel_path.replace("\\", "/")[:4096]):
+        if not piece or _SEPARATORS.fullmatch(piece) or piece in (".", ".."):
+            out.append(piece)
+            continue
+        m = _EXTENSION.fullmatch(piece)
+        stem, ext = (m.group(1), m.group(2)) if m else (piece, "")
+        words = stem.replace("_", " ").replace("^", " ").replace("-", " ").replace(".", " ")
+        spans = deid.detect(stem) or deid.detect(words)
+        hits = {f"path:{s.category}" for s in spans}
+        if _ID_RUN.search(stem):
+            hits.add("path:id")
+        if any(i and len(i) >= 3 and i.lower() in piece.lower() for i in extra_identifiers):
+            hits.add("path:identifier")
+        if hits:
+            touched |= hits
+            out.append((component_token(keyed, stem) if keyed is not None else "[REDACTED]") + ext)
+        else:
+            out.append(piece)
+    return "".join(out), tuple(sorted(touched))

@@ -193,6 +193,10 @@ REASONS = {
     "invalid_value": "a field has a value outside its allowed set",
     "path_escape": "an image path points outside the input folder",
     "unreadable": "the file could not be read",
+    "not_a_regular_file": "the path is a FIFO, device, socket or folder where a file was expected",
+    "invalid_text": "text is not well-formed UTF-8 (e.g. a lone surrogate escape)",
+    "decode_error": "reading, decoding or building the item failed (the exception class is in the detail)",
+    "oversized": "the decoded image would be larger than ingest.max_decoded_bytes",
 }
 # Codes the qc step adds (src/unimedvl/qc names which check or expectation gives which code).
 QC_REASONS: dict[str, str] = {
@@ -211,7 +215,7 @@ QC_REASONS: dict[str, str] = {
     "extreme_aspect_ratio": "the image is longer than qc.max_aspect times its width (or the reverse)",
     # text checks
     "text_length": "a turn is blank or longer than qc.max_turn_chars",
-    "residual_phi": "text still matches a PHI pattern (date, phone, e-mail, ID number, titled name)",
+    "residual_phi": "text still holds a value the ingest scrubber detects (name, date, phone, ID, address...)",
     "mojibake": "text holds replacement/control characters or UTF-8 decoded as Latin-1",
     "language_mismatch": "the language tag does not match the script of the text",
     # duplicates, leakage, alignment
@@ -240,6 +244,31 @@ class Quarantine:
     @classmethod
     def from_json(cls, line: str) -> Quarantine:
         return cls(**json.loads(line))
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (no lone surrogates); linear, no pattern engine involved."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def clean_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD, so it always encodes as UTF-8."""
+    return text if is_utf8(text) else text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def text_problem(rec: Record) -> str | None:
+    """Why `rec` holds text that is not well-formed UTF-8 (None when every string encodes)."""
+    strings = [rec.id, rec.dataset, rec.license, rec.source_uri, rec.lang, *rec.phi_removed,
+               *(t.value for t in rec.message), *(i.path for i in rec.input_img + rec.output_img)]
+    if rec.labels is not None:
+        strings.append(json.dumps(rec.labels, ensure_ascii=False))
+    if not is_utf8("\x00".join(strings)):
+        return "a text field holds a lone surrogate (not well-formed UTF-8)"
+    return None
 
 
 class Rejected(Exception):

@@ -50,7 +50,10 @@ class DatasetWriter:
     out_dir: Path
     step: str = "ingest"
     shard_max_mb: int = 256
-    _rows: list[dict[str, Any]] = field(default_factory=list)
+    # Columns, not rows: Arrow converts one Python list per column about twice as fast as a list
+    # of row dicts (which it would first turn into columns in Python anyway).
+    _cols: dict[str, list[Any]] = field(default_factory=lambda: {n: [] for n in RECORD_SCHEMA.names})
+    _n_rows: int = 0
     _bytes: int = 0
     _shards: list[dict[str, Any]] = field(default_factory=list)
     _by_source: dict[str, Counts] = field(default_factory=lambda: defaultdict(Counts))
@@ -88,7 +91,9 @@ class DatasetWriter:
             return
         counts.accepted += 1
         row = item.to_row()
-        self._rows.append(row)
+        for name, col in self._cols.items():
+            col.append(row[name])
+        self._n_rows += 1
         self._bytes += sum(len(i["bytes"]) for i in row["input_img"] + row["output_img"]) + 512
         self._images += len(row["input_img"]) + len(row["output_img"])
         # Several records (caption, VQA, t2i) share one image; this counts the images themselves.
@@ -109,13 +114,14 @@ class DatasetWriter:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._rows:
+        if not self._n_rows:
             return
         rel = f"{SHARD_DIR}/part-{len(self._shards):05d}.parquet"
-        table = pa.Table.from_pylist(self._rows, schema=RECORD_SCHEMA)
+        table = pa.Table.from_pydict(self._cols, schema=RECORD_SCHEMA)
         pq.write_table(table, self.out_dir / rel, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        self._shards.append({"path": rel, "rows": len(self._rows), "sha256": sha256_file(self.out_dir / rel)})
-        self._rows, self._bytes = [], 0
+        self._shards.append({"path": rel, "rows": self._n_rows, "sha256": sha256_file(self.out_dir / rel)})
+        self._cols = {n: [] for n in RECORD_SCHEMA.names}
+        self._n_rows, self._bytes = 0, 0
         self._digests.clear()
 
     def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -7,7 +7,8 @@
   Inception network (`evaluate.inception_torchscript`) the same code gives an FID-style number
   (`generation.fid.*`), not claimed equal to the reference implementations (resizing, weights).
   Only computed where both sets hold at least 2x the feature dimension (a covariance estimate from
-  fewer points is singular), else `insufficient_samples`; its interval is a bootstrap over both sets.
+  fewer points is singular), else `insufficient_samples`; its interval is the estimate +- 1.96
+  bootstrap standard errors (resampling both sets).
 * Faithfulness per finding: P(judge finds X | prompt asks for X) - P(judge finds X | prompt does not).
 * PSNR / SSIM: scikit-image's `structural_similarity` (data range 1, grey) and PSNR from the MSE; a
   pair of identical constant images has SSIM 1 and PSNR +inf, capped at 100 dB so means stay finite.
@@ -51,7 +52,14 @@ def frechet_metric(a: np.ndarray, b: np.ndarray, n_boot: int = 50, seed: int = 0
     rng = np.random.default_rng(seed)
     boots = [frechet_distance(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
              for _ in range(n_boot)]
-    ci = (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))) if boots else None
+    # Resampling with replacement duplicates points, which shrinks the covariance estimates and biases
+    # every resampled distance upward, so the percentile interval can miss the estimate itself: the
+    # interval is the estimate +- 1.96 bootstrap standard errors instead (clipped at 0).
+    if len(boots) > 1:
+        se = float(np.std(boots, ddof=1))
+        ci = (max(0.0, value - 1.96 * se), value + 1.96 * se)
+    else:
+        ci = None
     return Metric.ok(value, n, ci)
 
 

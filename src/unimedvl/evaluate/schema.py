@@ -222,7 +222,8 @@ METRIC_KEYS: tuple[tuple[str, str], ...] = (
      "faithfulness exceeds the untrained model's (value = p)."),
     ("generation.domain_fd.<modality>", "Domain Frechet distance between generated and real test images of a "
      "modality in the judge's feature space (not FID: no Inception weights exist offline); only where both "
-     "sets hold at least 2x the feature dimension, else insufficient_samples."),
+     "sets hold at least 2x the feature dimension, else insufficient_samples. Interval: estimate +- 1.96 "
+     "bootstrap standard errors (a percentile interval is biased upward by resampled duplicates)."),
     ("generation.fid.<modality>", "Frechet distance in the feature space of a user-supplied TorchScript "
      "Inception network (evaluate.inception_torchscript); unavailable when none is given. Not claimed equal "
      "to reference FID implementations."),

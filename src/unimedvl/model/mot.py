@@ -84,8 +84,47 @@ class AttentionLayout:
 _compiled_flex: Callable | None = None
 
 
+@dataclass
+class PaddedAttention:
+    """Attention of `nb` equal-length query blocks (`block` tokens each, packed in order), each over its
+    own keys: `key_index` [nb, Lk] picks them from the call's keys (cache + new), `key_mask` [nb, Lk]
+    marks the real ones. The attention then runs as one padded batch ([nb, heads, block, Lk]) instead
+    of one packed [nb * block, all keys] product, so its cost grows with the batch, not its square."""
+
+    nb: int
+    block: int
+    key_index: torch.Tensor
+    key_mask: torch.Tensor
+
+    @classmethod
+    def build(cls, owners: torch.Tensor, seq_ids: list[int], block: int) -> PaddedAttention:
+        """`owners`: the sequence id of each cached key; the new keys are one block of `block` tokens per
+        entry of `seq_ids` (the sequence each block belongs to), in order."""
+        n_cache, nb = int(owners.numel()), len(seq_ids)
+        rows = []
+        for b, sid in enumerate(seq_ids):
+            own = torch.nonzero(owners == sid).flatten()
+            rows.append(torch.cat([own, n_cache + b * block + torch.arange(block, device=owners.device)]))
+        lk = max(int(r.numel()) for r in rows)
+        index = torch.zeros(nb, lk, dtype=torch.long, device=owners.device)
+        mask = torch.zeros(nb, lk, dtype=torch.bool, device=owners.device)
+        for b, r in enumerate(rows):
+            index[b, : r.numel()] = r
+            mask[b, : r.numel()] = True
+        return cls(nb, block, index, mask)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
-    """Grouped-query attention q [Hq, N, d], k/v [Hkv, Nk, d] under a bool mask, a BlockMask, or none."""
+    """Grouped-query attention q [Hq, N, d], k/v [Hkv, Nk, d] under a bool mask, a BlockMask, a
+    PaddedAttention, or none."""
+    if isinstance(mask, PaddedAttention):
+        hq, n, d = q.shape
+        qb = q.view(hq, mask.nb, mask.block, d).transpose(0, 1)  # [nb, Hq, block, d]
+        kb = k[:, mask.key_index].transpose(0, 1)  # [nb, Hkv, Lk, d]
+        vb = v[:, mask.key_index].transpose(0, 1)
+        y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask.key_mask[:, None, None, :],
+                                           enable_gqa=hq != k.shape[0])
+        return y.transpose(0, 1).reshape(hq, n, d)
     if mask is not None and not isinstance(mask, torch.Tensor):
         from torch.nn.attention.flex_attention import flex_attention
 

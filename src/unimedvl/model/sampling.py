@@ -5,6 +5,8 @@ The evaluation and serving steps call two functions (also methods of `UniMedVL`)
     images = generate_images(model, contexts, seeds=[0, 1, 2])           # list of [C, H, W] in [-1, 1]
     texts = generate_texts(model, contexts, max_new_tokens=64, seeds=...)  # list of token-id lists
 
+Each timestep's attention runs as one padded batch (`mot.PaddedAttention`: every query block over its
+own context's keys), so its cost grows with the batch, not with its square (`benchmarks/bench_sampling.py`).
 `contexts` is a list of segment lists, the model's own input form (`Text`, `VitImage`,
 `LatentImage(noised=False)`; build them with `unimedvl.model.layout.chat_layout`). Item i of the result
 depends only on context i and seed i: a batch of N gives what N single calls give.
@@ -37,12 +39,16 @@ from typing import TYPE_CHECKING
 import torch
 
 from .autoencoder import flattened_position_ids, unpatchify_latent
-from .mot import KVCache, Routing
+from .mot import KVCache, PaddedAttention, Routing
 
 if TYPE_CHECKING:
     from .unimedvl import Segment, UniMedVL
 
 RENORM_TYPES = ("global", "channel", "text_channel")
+# BAGEL's demo settings for editing (its text-to-image ones are generate_images' defaults):
+#   generate_images(model, edit_contexts, **EDIT_DEFAULTS), edit contexts from
+#   chat_layout(tok, [ImageInput(vit=x, latent=x), "instruction"]).
+EDIT_DEFAULTS = {"cfg_img_scale": 2.0, "cfg_interval": (0.0, 1.0), "cfg_renorm_type": "text_channel"}
 
 
 def guidance_contexts(segments: list[Segment]) -> tuple[list[Segment], list[Segment], list[Segment]]:
@@ -77,21 +83,6 @@ def _generators(n: int, seeds: Sequence[int] | None, generators: Sequence[torch.
     return [None] * n
 
 
-def _owner_mask(model: UniMedVL, q_owner: torch.Tensor, k_owner: torch.Tensor):
-    """Each new token sees every key of its own sequence (cached or new): a bool mask, or a FlexAttention
-    BlockMask on GPU so a large batch never materialises [queries, keys]."""
-    use_flex = model.attention == "flex" or (model.attention == "auto" and q_owner.is_cuda)
-    if not use_flex:
-        return q_owner[:, None] == k_owner[None, :]
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    def mask_mod(b, h, q, k):
-        return q_owner[q] == k_owner[k]
-
-    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=q_owner.numel(), KV_LEN=k_owner.numel(),
-                             device=q_owner.device)
-
-
 @torch.no_grad()
 def prefill(model: UniMedVL, contexts: list[list[Segment]]) -> tuple[KVCache, list[torch.Tensor | None]]:
     """Run several contexts in one packed forward; the cache knows which keys are whose. Returns the
@@ -120,7 +111,8 @@ def prefill(model: UniMedVL, contexts: list[list[Segment]]) -> tuple[KVCache, li
 
 def _forward_new(model: UniMedVL, x: torch.Tensor, routing: Routing, positions: torch.Tensor, owners: torch.Tensor,
                  cache: KVCache, update: bool) -> torch.Tensor:
-    mask = _owner_mask(model, owners, torch.cat([cache.owner, owners]))
+    """One new token per listed sequence (`owners`), each attending to its own cached keys and itself."""
+    mask = PaddedAttention.build(cache.owner, owners.tolist(), 1)
     hidden = model.language_model.model(x, routing, positions, mask, cache, update)
     if update:
         cache.owner = torch.cat([cache.owner, owners])
@@ -263,6 +255,7 @@ def generate_images(
     lat_pos = model.latent_pos_embed(pos_ids)
     block = n_tok + 2
     owners = torch.arange(nb, device=dev).repeat_interleave(block)
+    padded = PaddedAttention.build(cache.owner, list(range(nb)), block)  # the cache is fixed while sampling
     rope = torch.tensor(cache.next_positions, device=dev).repeat_interleave(block)
     is_gen = torch.zeros(nb, block, dtype=torch.bool, device=dev)
     is_gen[:, 1:-1] = True
@@ -280,7 +273,7 @@ def generate_images(
         temb = model.time_embedder(torch.full((1,), t, device=dev)).to(dtype)
         lat = model.vae2llm(x[item_idx].to(dtype)) + temb + lat_pos  # [branches, tokens, H]
         seq = torch.cat([sentinels[:1].expand(nb, 1, -1), lat, sentinels[1:].expand(nb, 1, -1)], dim=1).flatten(0, 1)
-        hidden = _forward_new(model, seq, routing, rope, owners, cache, False)
+        hidden = model.language_model.model(seq, routing, rope, padded, cache, False)
         v_all = model.llm2vae(hidden[lat_rows]).view(nb, n_tok, feat).float()
         vs = []
         for i, (c, nt, ni) in enumerate(roles):

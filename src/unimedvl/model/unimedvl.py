@@ -436,12 +436,13 @@ class UniMedVL(nn.Module):
         instruction: token ids or segments) and its demo's edit guidance (image scale 2, interval (0, 1],
         text_channel renorm) unless overridden."""
         from .layout import ImageInput, image_segments
+        from .sampling import EDIT_DEFAULTS
 
         ds = self.cfg.latent_downsample
         image = image[:, : image.shape[1] // ds * ds, : image.shape[2] // ds * ds]
         tail = [Text(list(instruction))] if instruction and isinstance(instruction[0], int) else list(instruction)
         segments = [*image_segments(ImageInput(vit=image, latent=image)), *tail]
-        kw = {"cfg_img_scale": 2.0, "cfg_interval": (0.0, 1.0), "cfg_renorm_type": "text_channel", **kw}
+        kw = {**EDIT_DEFAULTS, **kw}
         return self.generate_image(segments, height=image.shape[1], width=image.shape[2], **kw)
 
 

@@ -42,7 +42,9 @@ def load_scorer(spec: str) -> AlignmentScorer:
     if not module or not attr:
         raise ValueError(f"qc.alignment.scorer {spec!r} must look like 'package.module:factory'")
     obj = getattr(importlib.import_module(module), attr)
-    scorer = obj() if callable(obj) and not isinstance(obj, AlignmentScorer) else obj
+    # A class has a `score` attribute too, so the protocol check alone would hand back the class itself.
+    is_factory = isinstance(obj, type) or (callable(obj) and not isinstance(obj, AlignmentScorer))
+    scorer = obj() if is_factory else obj
     if not isinstance(scorer, AlignmentScorer):
         raise TypeError(f"{spec} gives {type(scorer).__name__}, which has no score(records) method")
     return scorer

@@ -13,7 +13,7 @@ background around anatomy is fine and only a truly flat frame fails); not satura
 of pixels at the top of the range); aspect ratio within `max_aspect`.
 
 Text checks: every turn non-blank and at most `max_turn_chars`; no residual PHI (the ingest
-scrubber's own `TEXT_PATTERNS`, so QC finds exactly what ingest should have replaced); no mojibake
+scrubber's own detector, `privacy.detect`, so QC finds exactly what ingest should have replaced); no mojibake
 (U+FFFD, control characters, UTF-8 read as Latin-1); the language tag agrees with the script of
 the text.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import warnings
 from typing import Any
 
@@ -33,7 +32,8 @@ from PIL import Image as PILImage
 
 from ..config import QCConfig
 from ..data import schema
-from ..data.privacy import TEXT_PATTERNS
+from ..data.privacy import detect as detect_phi
+from ..data.patterns import linear
 from ..data.schema import IMAGE_TOKEN
 from . import dedup
 
@@ -41,7 +41,7 @@ from . import dedup
 QC_REASONS = schema.QC_REASONS
 
 GOOD_MODES = {"L": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "RGB": 8}
-MOJIBAKE = re.compile(r"\ufffd|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[ÃÂ][\u0080-\u00bf]|â€[\u0080-\u00bf™œ\u009d]")
+MOJIBAKE = linear(r"\x{fffd}|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[ÃÂ][\x{80}-\x{bf}]|â€[\x{80}-\x{bf}™œ\x{9d}]")
 LANG_TAG = r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})?$"
 CAPTION_TASKS = {"caption", "report"}
 VQA_TASKS = {"vqa_closed", "vqa_open"}
@@ -150,9 +150,8 @@ def check_text(message: list[dict[str, str]], lang: str, cfg: QCConfig) -> tuple
         value = turn.get("value") or ""
         if m := MOJIBAKE.search(value):
             return "mojibake", f"turn {n} has {m.group()!r} at character {m.start()}"
-        for name, pattern, _ in TEXT_PATTERNS:
-            if m := pattern.search(value):
-                return "residual_phi", f"turn {n} matches the {name} pattern at character {m.start()}"
+        if spans := detect_phi(value):
+            return "residual_phi", f"turn {n} holds a {spans[0].category} value at character {spans[0].start}"
     expected = _SCRIPT_OF_LANG.get((lang or "").split("-")[0])
     found = script_of(" ".join((t.get("value") or "").replace(IMAGE_TOKEN, " ") for t in message))
     if expected and found and found != expected:

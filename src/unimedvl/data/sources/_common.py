@@ -9,16 +9,17 @@ import io
 import json
 import math
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import images
-from ..privacy import scrub_path, scrub_text
-from ..schema import MODALITIES, Image, Rejected
+from ..patterns import linear
+from ..privacy import scrub_json
+from ..schema import MODALITIES, Image, Rejected, is_utf8
 from .base import Context
 
 def text_field(entry: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -40,8 +41,9 @@ def text_field(entry: Mapping[str, Any], name: str, *, required: bool = True) ->
 
 
 def scrub_labels(labels: dict[str, Any]) -> dict[str, Any]:
-    """Labels hold source text (answers, findings): scrub it like the message (ctx.record does not)."""
-    return {k: scrub_text(v)[0] if isinstance(v, str) else v for k, v in labels.items()}
+    """Labels hold source text (answers, findings, keys): scrubbed like the message (ctx.record
+    scrubs them again; the text is cached, so the second pass costs a lookup)."""
+    return scrub_json(labels)[0]
 
 
 def under(prefix: str, name: str) -> str:
@@ -63,25 +65,74 @@ def read_text(root: Path, rel: str) -> str:
         raise Rejected("invalid_encoding", f"{rel} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
-def load_json(root: Path, rel: str) -> Any:
-    text = read_text(root, rel)
+# Parsing limits for untrusted JSON/CSV: beyond them a document or line is quarantined, not parsed.
+JSON_MAX_DEPTH = 64  # our layouts nest 3-4 deep; Python's parser itself recurses ~1000 deep
+JSON_MAX_INT_DIGITS = 40  # ids and sizes; 4300+ digits is what makes int() raise
+JSONL_MAX_LINE_BYTES = 16 << 20
+# CSV: a field over the csv module's limit (131,072 characters) is a `malformed_csv` row (iter_csv).
+
+
+def parse_json(text: str, where: str) -> Any:
+    """`json.loads` with depth and integer-size limits; anything hostile -> `malformed_json`."""
+    depth = _json_depth(text)
+    if depth > JSON_MAX_DEPTH:
+        raise Rejected("malformed_json", f"{where} nests {depth} levels deep, over the limit of {JSON_MAX_DEPTH}")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as e:
-        raise Rejected("malformed_json", f"{rel} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise Rejected("malformed_json", f"{where} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except _TooManyDigits as e:
+        raise Rejected("malformed_json", f"{where} holds an integer of {e.args[0]} digits, over the limit of "
+                       f"{JSON_MAX_INT_DIGITS}") from None
+    except RecursionError:
+        raise Rejected("malformed_json", f"{where} nests too deeply to be parsed") from None
+
+
+class _TooManyDigits(ValueError):
+    pass
+
+
+def _bounded_int(s: str) -> int:
+    if len(s.lstrip("-")) > JSON_MAX_INT_DIGITS:
+        raise _TooManyDigits(len(s.lstrip("-")))
+    return int(s)
+
+
+def _json_depth(text: str) -> int:
+    """Maximum bracket depth outside strings: strings blanked by a linear-time RE2 pass, then the
+    depth is a cumulative sum over the remaining brackets (checked before the recursive parser runs)."""
+    if "[" not in text and "{" not in text:
+        return 0
+    bare = _JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass")
+    arr = np.frombuffer(bare, dtype=np.uint8)
+    steps = np.isin(arr, _OPEN).astype(np.int32) - np.isin(arr, _CLOSE).astype(np.int32)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+_JSON_STRING = linear(r'"(?:[^"\\]|\\.)*"')
+_OPEN = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
+
+
+def load_json(root: Path, rel: str) -> Any:
+    return parse_json(read_text(root, rel), rel)
 
 
 def split_from_path(rel: str) -> str | None:
     """The split a file's name or folders spell (`data/validation-0000.parquet` -> val), if any."""
     p = Path(rel)
-    tokens = [t for t in re.split(r"[-_. ]+", p.name.removesuffix("".join(p.suffixes))) if t]
+    tokens = [t for t in _NAME_SEPARATORS.split(p.name.removesuffix("".join(p.suffixes))[:512]) if t]
     for token in tokens[:1] + list(reversed(p.parent.parts)) + tokens[1:]:
         if split := Context.normalise_split(token):
             return split
     return None
 
 
-_SURROGATE = re.compile("[\udc80-\udcff]")
+_NAME_SEPARATORS = linear(r"[-_. ]+")
+
+
+def _not_utf8(cell: str) -> bool:
+    return not is_utf8(cell)  # surrogate escapes stand for bytes that were not UTF-8
 
 
 def iter_csv(root: Path, rel: str, delimiter: str = ",") -> Iterator[tuple[str, dict[str, str] | Rejected]]:
@@ -116,17 +167,23 @@ def iter_csv(root: Path, rel: str, delimiter: str = ",") -> Iterator[tuple[str, 
         if not any(cell.strip() for cell in row):
             continue
         if header is None:
-            if any(_SURROGATE.search(c) for c in row):
+            if any(_not_utf8(c) for c in row):
                 yield rel, Rejected("invalid_encoding", f"the header of {rel} is not valid UTF-8; no row could be read")
                 return
             header = [c.strip() for c in row]
             continue
-        if any(_SURROGATE.search(c) for c in row):
+        if any(_not_utf8(c) for c in row):
             yield item, Rejected("invalid_encoding", f"row {item} is not valid UTF-8")
         elif len(row) != len(header):
             yield item, Rejected("malformed_csv", f"row {item} has {len(row)} fields, the header has {len(header)}")
         else:
             yield item, dict(zip(header, row, strict=True))
+
+
+def csv_entries(root: Path, rel: str) -> list[tuple[str, None, tuple[str, dict[str, str] | Rejected]]]:
+    """Every row of a CSV, enumerated before any is processed, as `Context.each` entries
+    (item, None, (item, row or its Rejected))."""
+    return [(item, None, (item, row)) for item, row in iter_csv(root, rel)]
 
 
 def count_csv_rows(path: Path) -> int:
@@ -153,9 +210,9 @@ class ImageCache:
         hit = self._items.get(rel)
         if hit is None:
             try:
-                img = images.load_image_file(self.root, rel, self.max_side)
-                safe, touched = scrub_path(rel, extra_identifiers)
-                hit = (replace(img, path=safe), touched)
+                # The path stays as read: ctx.record replaces its identifying components by keyed
+                # pseudonyms (the one place that holds the key).
+                hit = (images.load_image_file(self.root, rel, self.max_side), [])
             except Rejected as e:
                 hit = e
             self._put(rel, hit)
@@ -212,7 +269,7 @@ def normalise_modality(value: Any) -> str | None:
     """A source's modality spelling -> one of schema.MODALITIES, or None when it is not recognised."""
     if value is None:
         return None
-    v = re.sub(r"\s+", " ", str(value).strip().lower())
+    v = " ".join(str(value).strip().lower()[:200].split())
     if v in MODALITIES:
         return v
     return _MODALITY_ALIASES.get(v)
@@ -220,22 +277,22 @@ def normalise_modality(value: Any) -> str | None:
 
 # Keyword patterns for free text (captions, questions). Acronyms are matched as whole words; "MR",
 # "PET", "SPECT" and "OCT" only in capitals (lower case they are ordinary words), "US" never.
-_MODALITY_WORDS: list[tuple[str, re.Pattern[str]]] = [
-    ("ct", re.compile(r"\b(?:ct|cta|hrct|cect|ncct|computed tomogra\w*|computeri[sz]ed tomogra\w*)\b", re.I)),
-    ("mri", re.compile(r"\b(?:mri|mra|mrcp|magnetic resonance|t[12][- ]?weighted|t[12]w|flair|"
-                       r"diffusion[- ]weighted)\b", re.I)),
-    ("mri", re.compile(r"\bMR\b")),
-    ("xray", re.compile(r"\b(?:x-?rays?|radiographs?|radiography|radiographic|cxr|plain films?|chest films?|"
-                        r"mammogra\w*|fluoroscop\w*|orthopantomogra\w*)\b", re.I)),
-    ("ultrasound", re.compile(r"\b(?:ultraso\w*|sonogra\w*|echocardiogra\w*|doppler)\b", re.I)),
-    ("nuclear", re.compile(r"\b(?:scintigra\w*|bone scan|positron emission)\b", re.I)),
-    ("nuclear", re.compile(r"\b(?:PET|SPECT)\b")),  # capitals only: "pet" is an animal
-    ("angiography", re.compile(r"\b(?:angiogra\w*|arteriogra\w*|venogra\w*)\b", re.I)),
-    ("fundus", re.compile(r"\bfundus\b", re.I)),
-    ("histology", re.compile(r"\b(?:histolog\w*|histopatholog\w*|h&e|hematoxylin|haematoxylin|"
-                             r"immunohistochem\w*|micrograph\w*)\b", re.I)),
-    ("endoscopy", re.compile(r"\b(?:endoscop\w*|colonoscop\w*|gastroscop\w*)\b", re.I)),
-    ("oct", re.compile(r"\b(?:optical coherence tomography|OCT)\b")),
+_MODALITY_WORDS: list[tuple[str, Any]] = [
+    ("ct", linear(r"(?i:\b(?:ct|cta|hrct|cect|ncct|computed tomogra\w*|computeri[sz]ed tomogra\w*)\b)")),
+    ("mri", linear(r"(?i:\b(?:mri|mra|mrcp|magnetic resonance|t[12][- ]?weighted|t[12]w|flair|"
+                       r"diffusion[- ]weighted)\b)")),
+    ("mri", linear(r"\bMR\b")),
+    ("xray", linear(r"(?i:\b(?:x-?rays?|radiographs?|radiography|radiographic|cxr|plain films?|chest films?|"
+                        r"mammogra\w*|fluoroscop\w*|orthopantomogra\w*)\b)")),
+    ("ultrasound", linear(r"(?i:\b(?:ultraso\w*|sonogra\w*|echocardiogra\w*|doppler)\b)")),
+    ("nuclear", linear(r"(?i:\b(?:scintigra\w*|bone scan|positron emission)\b)")),
+    ("nuclear", linear(r"\b(?:PET|SPECT)\b")),  # capitals only: "pet" is an animal
+    ("angiography", linear(r"(?i:\b(?:angiogra\w*|arteriogra\w*|venogra\w*)\b)")),
+    ("fundus", linear(r"(?i:\bfundus\b)")),
+    ("histology", linear(r"(?i:\b(?:histolog\w*|histopatholog\w*|h&e|hematoxylin|haematoxylin|"
+                             r"immunohistochem\w*|micrograph\w*)\b)")),
+    ("endoscopy", linear(r"(?i:\b(?:endoscop\w*|colonoscop\w*|gastroscop\w*)\b)")),
+    ("oct", linear(r"\b(?:optical coherence tomography|OCT)\b")),
 ]
 
 

@@ -16,12 +16,12 @@ file for whoever holds the key and the input folder.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from .. import images
 from ..dicom_io import DicomImage, read_dicom
+from ..patterns import bounded
 from ..privacy import Keyed
 from ..schema import IMAGE_TOKEN, Rejected
 from .base import Context, Item
@@ -38,7 +38,7 @@ _SKIP_NAMES = {"dicomdir"}
 MODALITY_NAME = {
     "CT": "CT", "MR": "MRI", "CR": "X-ray", "DX": "X-ray", "RG": "X-ray", "MG": "mammography",
     "US": "ultrasound", "NM": "nuclear medicine", "PT": "PET", "XA": "angiography", "RF": "fluoroscopy",
-    "OP": "fundus photography", "OPT": "OCT", "SM": "histology", "ES": "endoscopy",
+    "OP": "fundus photography", "OPT": "OCT", "SM": "histology", "ES": "endoscopy", "OT": "secondary capture",
 }
 # schema modality -> the yes/no question about it.
 IS_QUESTION = {
@@ -88,6 +88,7 @@ def count(root: Path | None, ctx: Context) -> int:
 
 # --- path pseudonyms ----------------------------------------------------------------------------------
 
+_EXT = bounded(r"(.+?)(\.[A-Za-z][A-Za-z0-9]{0,4})", 4096)
 _LETTERS = str.maketrans("0123456789abcdef", "ghijklmnopqrstuv")
 
 
@@ -103,7 +104,7 @@ def pseudo_path(keyed: Keyed, rel: str) -> str:
         return "f-" + keyed.token("dicom-path", "", length=12).translate(_LETTERS)
     out = [_component_token(keyed, p, "d") for p in parts[:-1]]
     name = parts[-1]
-    m = re.fullmatch(r"(.+?)(\.[A-Za-z][A-Za-z0-9]{0,4})", name)
+    m = _EXT.fullmatch(name)
     stem, ext = (m.group(1), m.group(2).lower()) if m else (name, "")
     out.append(_component_token(keyed, stem, "f") + ext)
     return "/".join(out)
@@ -130,15 +131,21 @@ def read(root: Path | None, ctx: Context) -> Iterator[Item]:
     else:
         entries, base = _candidates(root), root
     seen_keys: set[str] = set()
-    for rel, is_dir_link in entries:
-        yield from _read_one(base, rel, is_dir_link, seen_keys, ctx)
-        ctx.unit_done()
+
+    def one(entry: tuple[str, bool]) -> list[Item]:
+        try:
+            return list(_read_one(base, *entry, seen_keys, ctx))
+        finally:
+            ctx.unit_done()
+
+    # Items are named by their pseudonymous path everywhere, the guard's quarantine lines included.
+    yield from ctx.each([(pseudo_path(ctx.keyed, rel), None, (rel, link)) for rel, link in entries], one)
 
 
 def _read_one(base: Path, rel: str, is_dir_link: bool, seen_keys: set[str], ctx: Context) -> Iterator[Item]:
     uri = pseudo_path(ctx.keyed, rel)
     try:
-        path = images.safe_path(base, rel)
+        path = images.safe_path(base, rel, regular=not is_dir_link)
         if is_dir_link:
             return  # a symlinked folder inside the input: its files are walked at their real place
         dcm = read_dicom(path, ctx.keyed, ctx.cfg, max_frames=MAX_FRAMES)
@@ -200,6 +207,7 @@ def caption(d: DicomImage) -> str:
         kind = {
             "ct": "CT", "ultrasound": "ultrasound", "angiography": "fluoroscopy" if dm == "RF" else "X-ray angiography",
             "fundus": "fundus photograph", "oct": "OCT", "histology": "histology", "endoscopy": "endoscopy",
+            "other": "secondary capture",
         }[mod]
     if mod in ("ct", "mri", "nuclear") and d.plane:
         head = f"{d.plane} {kind} slice"
@@ -235,6 +243,9 @@ def questions(d: DicomImage, frame: int, keyed: Keyed) -> list[tuple[str, str, s
         out.append(("vqa_open", "view", "Which view is this radiograph?", d.view))
     if d.modality == "mri" and d.sequence in SEQUENCE_NAME:
         out.append(("vqa_open", "sequence", "Which MRI sequence is this?", SEQUENCE_NAME[d.sequence]))
+    result = [(*q, {}) for q in out]
+    if d.modality not in IS_QUESTION:  # a secondary capture: no yes/no modality question fits it
+        return result
     out.append(("vqa_closed", "modality_yes", IS_QUESTION[d.modality], "yes"))
     others = sorted(m for m in IS_QUESTION if m != d.modality)
     other = others[int(keyed.fraction("dicom-closed", d.image_key, str(frame)) * len(others))]

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..schema import IMAGE_TOKEN, MODALITIES, Quarantine, Record, Rejected
 from .base import Context, guess_lang
-from ._common import ImageCache, count_csv_rows, iter_csv, normalise_modality, text_field
+from ._common import ImageCache, count_csv_rows, csv_entries, normalise_modality, text_field
 
 NAME = "imagefolder"
 NEEDS_INPUT = True
@@ -45,15 +45,17 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
         yield ctx.rejected(".", e)
         return
     cache = ImageCache(root, ctx.cfg.max_side)
-    for item, row in iter_csv(root, rel):
-        if isinstance(row, Rejected):
-            yield ctx.rejected(item, row)
-            continue
-        source_id = text_field(row, "id", required=False) or item
-        try:
-            yield _record(root, ctx, cache, rel, item, row, source_id)
-        except Rejected as e:
-            yield ctx.rejected(item, e, source_id)
+    yield from ctx.each(csv_entries(root, rel), lambda p: _row(root, ctx, cache, rel, *p))
+
+
+def _row(root: Path, ctx: Context, cache: ImageCache, rel: str, item: str, row: Mapping[str, Any] | Rejected) -> Record:
+    if isinstance(row, Rejected):
+        raise row
+    source_id = text_field(row, "id", required=False) or item
+    try:
+        return _record(root, ctx, cache, rel, item, row, source_id)
+    except Exception as e:  # noqa: BLE001 - quarantined by the guard, under the row's id
+        return ctx.failed(item, e, source_id)
 
 
 def count(root: Path, ctx: Context) -> int | None:

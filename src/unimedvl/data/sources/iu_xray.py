@@ -26,29 +26,34 @@ IMAGE_DIR = "images"
 
 
 def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
-    try:
-        doc = load_json(root, ANNOTATION)
-        if not isinstance(doc, dict):
-            raise Rejected("malformed_json", f"{ANNOTATION} should map split names to lists, not be a {type(doc).__name__}")
-    except Rejected as e:
-        yield ctx.rejected(ANNOTATION, e)
+    doc, bad = ctx.attempt(ANNOTATION, _load, root)
+    if bad is not None:
+        yield bad
         return
     cache = ImageCache(root, ctx.cfg.max_side)
+    items: list[tuple[str, str | None, Any]] = []
     for key in sorted(doc):
         entries = doc[key]
         if not isinstance(entries, list):
             yield ctx.reject(f"{ANNOTATION}#{key}", "malformed_json", f"{key!r} should hold a list of studies")
             continue
         for i, entry in enumerate(entries):
-            item = f"{ANNOTATION}#{key}/{i}"
-            source_id = None
-            try:
-                if not isinstance(entry, dict):
-                    raise Rejected("malformed_json", f"entry is a JSON {type(entry).__name__}, not an object")
-                source_id = text_field(entry, "id")
-                yield _record(ctx, cache, key, entry, source_id)
-            except Rejected as e:
-                yield ctx.rejected(item, e, source_id)
+            source_id = entry.get("id") if isinstance(entry, dict) and isinstance(entry.get("id"), str) else None
+            items.append((f"{ANNOTATION}#{key}/{i}", source_id, (key, entry)))
+    yield from ctx.each(items, lambda p: _entry(ctx, cache, *p))
+
+
+def _load(root: Path) -> dict:
+    doc = load_json(root, ANNOTATION)
+    if not isinstance(doc, dict):
+        raise Rejected("malformed_json", f"{ANNOTATION} should map split names to lists, not be a {type(doc).__name__}")
+    return doc
+
+
+def _entry(ctx: Context, cache: ImageCache, key: str, entry: Any) -> Record:
+    if not isinstance(entry, dict):
+        raise Rejected("malformed_json", f"entry is a JSON {type(entry).__name__}, not an object")
+    return _record(ctx, cache, key, entry, text_field(entry, "id"))
 
 
 def count(root: Path, ctx: Context) -> int | None:

@@ -21,15 +21,14 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from .. import images
-from ..privacy import scrub_path
+from ..patterns import linear
 from ..schema import IMAGE_TOKEN, Quarantine, Record, Rejected
-from .base import Context
+from .base import Context, classify_failure
 from ._common import ImageCache, load_images, read_text
 
 NAME = "mimic_cxr"
@@ -40,9 +39,9 @@ SPLITS = "mimic-cxr-2.0.0-split.csv"
 MAX_IMAGES = 2
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 VIEW_RANK = {"PA": 0, "AP": 1}
-_REPORT = re.compile(r"^s(\d+)\.txt$")
-_SUBJECT = re.compile(r"^p(\d+)$")
-_SECTION = re.compile(r"^[ \t]*([A-Z][A-Z /&()-]{1,40}):", re.M)
+_REPORT = linear(r"^s(\d+)\.txt$")
+_SUBJECT = linear(r"^p(\d+)$")
+_SECTION = linear(r"(?m)^[ \t]*([A-Z][A-Z /&()-]{1,40}):")
 
 
 def _reports(root: Path) -> list[str]:
@@ -61,10 +60,9 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
     views: dict[str, str] = {}
     splits: dict[str, str] = {}
     for name, columns in ((METADATA, ("dicom_id", "ViewPosition")), (SPLITS, ("study_id", "split"))):
-        try:
-            table = _table(root, name, columns)
-        except Rejected as e:
-            yield ctx.rejected(name, e)
+        table, bad = ctx.attempt(name, _table, root, name, columns)
+        if bad is not None:
+            yield bad
             continue
         top = {k: v.most_common(1)[0][0] for k, v in table.items()}
         if name == METADATA:
@@ -72,17 +70,21 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
         else:
             splits = {k: Context.normalise_split(v) or "" for k, v in top.items()}
     cache = ImageCache(root, ctx.cfg.max_side)
-    for rel in reports:
-        subject = _SUBJECT.match(Path(rel).parent.name).group(1)  # type: ignore[union-attr]
-        study = _REPORT.match(Path(rel).name).group(1)  # type: ignore[union-attr]
-        source_id = f"{subject}/{study}"
-        try:
-            yield _record(root, ctx, cache, rel, subject, study, views, splits.get(study) or None)
-        except Rejected as e:
-            detail = e.detail
-            for ident in (subject, study):
-                detail = detail.replace(ident, "[ID]") if len(ident) >= 4 else detail
-            yield ctx.reject(scrub_path(rel, (subject, study))[0], e.reason, detail, source_id)
+    entries = [(rel, None, rel) for rel in reports]
+    yield from ctx.each(entries, lambda rel: _report(root, ctx, cache, rel, views, splits))
+
+
+def _report(root: Path, ctx: Context, cache: ImageCache, rel: str, views: dict[str, str],
+            splits: dict[str, str]) -> Record | Quarantine:
+    subject = _SUBJECT.match(Path(rel).parent.name).group(1)  # type: ignore[union-attr]
+    study = _REPORT.match(Path(rel).name).group(1)  # type: ignore[union-attr]
+    try:
+        return _record(root, ctx, cache, rel, subject, study, views, splits.get(study) or None)
+    except Exception as e:  # noqa: BLE001 - quarantined with subject and study numbers cut out
+        reason, detail = classify_failure(e)
+        for ident in (subject, study):
+            detail = detail.replace(ident, "[ID]") if len(ident) >= 4 else detail
+        return ctx.reject(rel, reason, detail, f"{subject}/{study}")  # the path is pseudonymised there
 
 
 def count(root: Path, ctx: Context) -> int | None:
@@ -164,17 +166,16 @@ def _record(root: Path, ctx: Context, cache: ImageCache, rel: str, subject: str,
         prompt = "Write a chest X-ray report (findings and impression)."
     if indication:
         prompt += f"\nIndication: {indication}"
-    uri, t = scrub_path(rel, ids)
     return ctx.record(
         source_id=f"{subject}/{study}",
         patient=subject,
         sub_task="report" if imgs else "text_only",
         modality="xray" if imgs else "none",
         license=LICENSE,
-        source_uri=uri,
+        source_uri=rel,
         message=[("human", prompt), ("gpt", answer)],
         input_img=imgs,
         split=split,
         labels={"views": [views.get(Path(n).stem) for n in jpgs[:MAX_IMAGES]]} if imgs else None,
-        phi_removed=touched + t,
+        phi_removed=touched,
     )

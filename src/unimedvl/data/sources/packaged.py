@@ -228,8 +228,8 @@ def read(root: Path | None, ctx: Context) -> Iterator[Item]:
     yield from _volume_shots(ctx, shots)
     yield from _picture_shots(ctx, shots)
     splits = assign_splits(ctx, shots)
-    for shot in shots:
-        yield from image_records(ctx, shot, splits[shot.group])
+    yield from ctx.each([(shot.item, shot.key, shot) for shot in shots],
+                        lambda shot: image_records(ctx, shot, splits[shot.group]))
     if ctx.cfg.packaged.reports:
         yield from iter_reports(ctx)
 
@@ -387,8 +387,8 @@ def _dicom_shots(ctx: Context, shots: Shots) -> Iterator[Item]:
         except Rejected as e:
             yield ctx.rejected(cand.item, e)
             continue
-        except Exception as e:  # noqa: BLE001 - one odd file must not lose the others
-            yield ctx.reject(cand.item, "unreadable", f"the DICOM could not be turned into images: {type(e).__name__}")
+        except Exception as e:  # noqa: BLE001 - one odd file must not lose the others: the shared classification
+            yield ctx.failed(cand.item, e)
             continue
         for shot in made:
             shots.add(shot)
@@ -506,12 +506,12 @@ def _volume_shots(ctx: Context, shots: Shots) -> Iterator[Item]:
                 data = np.asanyarray(img.dataobj)
                 zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
         except Exception as e:  # noqa: BLE001 - an unreadable file is quarantined, never a crash
-            yield ctx.reject(item, "unreadable", f"{type(e).__name__}: {e}")
+            yield ctx.failed(item, e)
             continue
         try:
             made = _volume_images(ctx, entry, item, data, zooms, positions)
         except Exception as e:  # noqa: BLE001 - one odd volume must not lose the others
-            yield ctx.reject(item, "unreadable", f"the volume could not be sliced: {type(e).__name__}: {e}")
+            yield ctx.failed(item, e)
             continue
         if not sum(shots.add(shot) for shot in made):
             yield ctx.reject(item, "invalid_value",
@@ -681,7 +681,7 @@ def _picture_shots(ctx: Context, shots: Shots) -> Iterator[Item]:
             yield ctx.rejected(item, err)
             continue
         except Exception as err:  # noqa: BLE001 - one odd file must not lose the others
-            yield ctx.reject(item, "unreadable", f"{type(err).__name__}: {err}")
+            yield ctx.failed(item, err)
             continue
         meta = {"source_file": item, "body_part": e.body_part, "plane": e.plane, "sequence": e.sequence,
                 "laterality": e.laterality, "finding": e.finding, "stain": e.stain, "description": e.caption}

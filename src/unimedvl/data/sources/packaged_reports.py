@@ -165,16 +165,16 @@ def iter_reports(ctx: Context) -> Iterator[Item]:
         yield ctx.reject(archive.label, "unreadable", f"the report archive could not be read: {e}")
         return
     uri_base = "torchxrayvision/data/NLMCXR_reports.tgz#"
-    for name, data in docs:
-        item = f"torchxrayvision/data/NLMCXR_reports.tgz/{name}"
-        try:
-            if data is None:
-                raise Rejected("unreadable", f"{name} is not a regular file in the archive")
-            rep = parse_report(data)
-        except Rejected as e:
-            yield ctx.rejected(item, e, source_id=f"iu-report/{name}")
-            continue
-        yield from _report_records(ctx, rep, item, uri_base + name)
+
+    def one(entry: tuple[str, bytes | None]) -> list[Item]:
+        name, data = entry
+        if data is None:
+            raise Rejected("unreadable", f"{name} is not a regular file in the archive")
+        return list(_report_records(ctx, parse_report(data), f"torchxrayvision/data/NLMCXR_reports.tgz/{name}",
+                                    uri_base + name))
+
+    yield from ctx.each([(f"torchxrayvision/data/NLMCXR_reports.tgz/{name}", f"iu-report/{name}", (name, data))
+                         for name, data in docs], one)
 
 
 def _read_members(blob: bytes) -> list[tuple[str, bytes | None]]:

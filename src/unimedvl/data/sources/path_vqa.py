@@ -18,7 +18,6 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from .. import images
-from ..privacy import scrub_path
 from ..schema import IMAGE_TOKEN, Image, Quarantine, Record, Rejected
 from .base import Context
 from ._common import ImageCache, scrub_labels, split_from_path, text_field
@@ -57,14 +56,11 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
         try:
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=present or None):
                 cols = {c: batch.column(c).to_pylist() for c in present}
-                for j in range(batch.num_rows):
-                    entry = {c: cols[c][j] for c in present}
-                    source_id = f"{rel}#{row}"
-                    try:
-                        yield _record(ctx, cache, rel, row, split, entry, source_id)
-                    except Rejected as e:
-                        yield ctx.rejected(source_id, e, source_id)
-                    row += 1
+                entries = [(f"{rel}#{row + j}", f"{rel}#{row + j}", (row + j, {c: cols[c][j] for c in present}))
+                           for j in range(batch.num_rows)]
+                row += batch.num_rows
+                yield from ctx.each(entries, lambda p, rel=rel, split=split:
+                                    _record(ctx, cache, rel, p[0], split, p[1], f"{rel}#{p[0]}"))
         except Exception as e:  # noqa: BLE001 - a damaged row group: account for the rows not read
             if row < total:
                 yield ctx.reject(rel, "unreadable", f"{rel}: rows {row}..{total - 1} could not be read: {e}")
@@ -120,9 +116,8 @@ def _image(ctx: Context, cache: ImageCache, rel: str, row: int, value: Any) -> t
     hit = cache.get(digest)
     if hit is None:
         try:
-            arr = images.decode_image(data, name=label)
-            path, touched = scrub_path(name or label)
-            hit = (images.encode_png(images.resize_max_side(arr, ctx.cfg.max_side), path=path), touched)
+            arr = images.decode_image(data, name=label, max_side=ctx.cfg.max_side)
+            hit = (images.encode_png(images.resize_max_side(arr, ctx.cfg.max_side), path=name or label), [])
         except Rejected as e:
             hit = e
         cache.put_bytes(digest, hit)

@@ -21,7 +21,7 @@ import numpy as np
 from ..images import encode_png
 from ..phantoms import render_from_labels
 from ..phantoms.tasks import build, patient_labels, plan
-from ..schema import Image, Rejected
+from ..schema import Image
 from .base import Context, Item
 
 NAME = "phantom"
@@ -39,28 +39,29 @@ def read(root: Path | None, ctx: Context) -> Iterator[Item]:
         base = patient_labels(cfg, patient)
         cache: dict[str, Image] = {}  # the same image in several records of a patient is rendered once
         case = f"case-{patient.index:_}"
-        for j, task in enumerate(patient.tasks):
-            source_id = f"{patient.id}/{j}"
-            rng = np.random.default_rng([patient.seed, 2, j])
-            try:
-                spec = build(task, base, rng, cfg)
-                inputs = [_image(lab, cache, f"{spec.family}/{case}") for lab in spec.inputs]
-                outputs = [_image(lab, cache, f"{spec.family}/{case}") for lab in spec.outputs]
-                yield ctx.record(
-                    source_id=source_id,
-                    patient=patient.id,
-                    sub_task=spec.sub_task,
-                    modality=spec.modality,
-                    license=LICENSE,
-                    source_uri=f"phantom://{spec.family}/seed-{cfg.seed:_}/{case}/{j}",
-                    message=spec.message,
-                    input_img=inputs,
-                    output_img=outputs,
-                    labels=spec.labels(),
-                    dataset=NAME,
-                )
-            except Rejected as e:
-                yield ctx.rejected(f"{case}/{j}", e, source_id=source_id)
+        entries = [(f"{case}/{j}", f"{patient.id}/{j}", (j, task)) for j, task in enumerate(patient.tasks)]
+        yield from ctx.each(entries, lambda p, patient=patient, base=base, cache=cache, case=case:
+                            _record(ctx, cfg, patient, base, cache, case, *p))
+
+
+def _record(ctx: Context, cfg, patient, base: dict[str, Any], cache: dict[str, Image], case: str, j: int, task) -> Item:
+    rng = np.random.default_rng([patient.seed, 2, j])
+    spec = build(task, base, rng, cfg)
+    inputs = [_image(lab, cache, f"{spec.family}/{case}") for lab in spec.inputs]
+    outputs = [_image(lab, cache, f"{spec.family}/{case}") for lab in spec.outputs]
+    return ctx.record(
+        source_id=f"{patient.id}/{j}",
+        patient=patient.id,
+        sub_task=spec.sub_task,
+        modality=spec.modality,
+        license=LICENSE,
+        source_uri=f"phantom://{spec.family}/seed-{cfg.seed:_}/{case}/{j}",
+        message=spec.message,
+        input_img=inputs,
+        output_img=outputs,
+        labels=spec.labels(),
+        dataset=NAME,
+    )
 
 
 def _image(labels: dict[str, Any], cache: dict[str, Image], path: str) -> Image:

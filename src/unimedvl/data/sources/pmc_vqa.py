@@ -13,17 +13,17 @@ Modality is "other" unless the caption (else the question and answer) names exac
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from .. import images
+from ..patterns import linear
 from ..schema import IMAGE_TOKEN, Quarantine, Record, Rejected
 from .base import Context
 from ._common import (
     ImageCache,
     count_csv_rows,
-    iter_csv,
+    csv_entries,
     modality_from_text,
     scrub_labels,
     split_from_path,
@@ -36,7 +36,7 @@ NEEDS_INPUT = True
 LICENSE = "CC BY-SA 4.0"
 IMAGE_DIRS = ("", "images", "figures")
 LETTERS = ("A", "B", "C", "D")
-_PREFIX = re.compile(r"^\s*\(?([A-D])\s*[:.)]\s*")
+_PREFIX = linear(r"^\s*\(?([A-D])\s*[:.)]\s*")
 
 
 def _files(root: Path) -> list[tuple[str, str]]:
@@ -55,14 +55,18 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
     cache = ImageCache(root, ctx.cfg.max_side)
     resolved: dict[str, str] = {}
     for rel, split in files:
-        for item, row in iter_csv(root, rel):
-            if isinstance(row, Rejected):
-                yield ctx.rejected(item, row)
-                continue
-            try:
-                yield _record(root, ctx, cache, resolved, item, split, row)
-            except Rejected as e:
-                yield ctx.rejected(item, e, item)
+        yield from ctx.each(csv_entries(root, rel),
+                            lambda p, split=split: _row(root, ctx, cache, resolved, split, *p))
+
+
+def _row(root: Path, ctx: Context, cache: ImageCache, resolved: dict[str, str], split: str, item: str,
+         row: Mapping[str, str] | Rejected) -> Record | Quarantine:
+    if isinstance(row, Rejected):
+        return ctx.rejected(item, row)
+    try:
+        return _record(root, ctx, cache, resolved, item, split, row)
+    except Exception as e:  # noqa: BLE001 - quarantined under the row's id
+        return ctx.failed(item, e, item)
 
 
 def count(root: Path, ctx: Context) -> int | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import images
 from ..schema import IMAGE_TOKEN, Quarantine, Record, Rejected
-from .base import Context
+from .base import Context, Item
 from ._common import ImageCache, modality_from_text, split_from_path, under
 
 NAME = "roco"
@@ -57,31 +57,33 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
         names, licences, problems = _side_files(root, folder)
         for q in problems:
             yield ctx.rejected(q[0], q[1])
-        try:
-            data = images.read_bytes(images.safe_path(root, rel))
-        except Rejected as e:
-            yield ctx.rejected(rel, e)
+        data, bad = ctx.attempt(rel, lambda rel=rel: images.read_bytes(images.safe_path(root, rel)))
+        if bad is not None:
+            yield bad
             continue
-        for n, raw in enumerate(data.splitlines(), start=1):
-            item = f"{rel}:{n}"
-            if not raw.strip():
-                continue
-            roco_id = None
-            try:
-                try:
-                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-                except UnicodeDecodeError:
-                    raise Rejected("invalid_encoding", f"line {n} of {rel} is not valid UTF-8") from None
-                if "\t" not in line:
-                    raise Rejected("malformed_csv", f"line {n} of {rel} has no tab between the id and the caption")
-                roco_id, caption = (x.strip() for x in line.split("\t", 1))
-                if not roco_id:
-                    raise Rejected("missing_field", f"line {n} of {rel} has no image id")
-                if not caption:
-                    raise Rejected("missing_field", f"the caption of {roco_id} is empty")
-                yield _record(root, ctx, cache, rel, folder, split, category, names, licences, roco_id, caption)
-            except Rejected as e:
-                yield ctx.rejected(item, e, roco_id or None)
+        lines = [(f"{rel}:{n}", None, (n, raw)) for n, raw in enumerate(data.splitlines(), start=1) if raw.strip()]
+        yield from ctx.each(lines, lambda p, rel=rel, folder=folder, split=split, category=category, names=names,
+                            licences=licences: _line(root, ctx, cache, rel, folder, split, category, names, licences, *p))
+
+
+def _line(root: Path, ctx: Context, cache: ImageCache, rel: str, folder: str, split: str | None,
+          category: str | None, names: dict[str, str], licences: dict[str, str], n: int, raw: bytes) -> Item:
+    roco_id = None
+    try:
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise Rejected("invalid_encoding", f"line {n} of {rel} is not valid UTF-8") from None
+        if "\t" not in line:
+            raise Rejected("malformed_csv", f"line {n} of {rel} has no tab between the id and the caption")
+        roco_id, caption = (x.strip() for x in line.split("\t", 1))
+        if not roco_id:
+            raise Rejected("missing_field", f"line {n} of {rel} has no image id")
+        if not caption:
+            raise Rejected("missing_field", f"the caption of {roco_id} is empty")
+        return _record(root, ctx, cache, rel, folder, split, category, names, licences, roco_id, caption)
+    except Exception as e:  # noqa: BLE001 - the guard's own handling, with the id once it is known
+        return ctx.failed(f"{rel}:{n}", e, roco_id or None)
 
 
 def count(root: Path, ctx: Context) -> int | None:

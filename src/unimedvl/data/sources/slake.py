@@ -40,21 +40,23 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
         yield ctx.reject(".", "missing_file", "no train.json / validation.json / test.json in the input folder")
         return
     cache = ImageCache(root, ctx.cfg.max_side)
+    entries: list[tuple[str, str | None, tuple]] = []
     for rel, split in files:
-        try:
-            entries = load_json(root, rel)
-            if not isinstance(entries, list):
-                raise Rejected("malformed_json", f"{rel} should hold a JSON list of questions, not a {type(entries).__name__}")
-        except Rejected as e:
-            yield ctx.rejected(rel, e)
+        doc, bad = ctx.attempt(rel, _load_list, root, rel)
+        if bad is not None:
+            yield bad
             continue
-        for i, entry in enumerate(entries):
-            item = f"{rel}#{i}"
+        for i, entry in enumerate(doc):
             source_id = f"{split}/{entry.get('qid', f'#{i}')}" if isinstance(entry, dict) else None
-            try:
-                yield _record(ctx, cache, rel, split, entry, source_id)
-            except Rejected as e:
-                yield ctx.rejected(item, e, source_id)
+            entries.append((f"{rel}#{i}", source_id, (rel, split, entry, source_id)))
+    yield from ctx.each(entries, lambda p: _record(ctx, cache, *p))
+
+
+def _load_list(root: Path, rel: str) -> list:
+    doc = load_json(root, rel)
+    if not isinstance(doc, list):
+        raise Rejected("malformed_json", f"{rel} should hold a JSON list of questions, not a {type(doc).__name__}")
+    return doc
 
 
 def count(root: Path, ctx: Context) -> int | None:

@@ -14,7 +14,6 @@ Image sizes are re-read from the files. A given split is kept; otherwise the spl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from .. import images
 from ..schema import SUB_TO_MAIN, Image, Quarantine, Record, Rejected
 from .base import Context, guess_lang
-from ._common import ImageCache, normalise_modality, scrub_labels, text_field
+from ._common import JSONL_MAX_LINE_BYTES, ImageCache, normalise_modality, parse_json, scrub_labels, text_field
 
 NAME = "unimedvl_jsonl"
 NEEDS_INPUT = True
@@ -42,45 +41,50 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
         return
     cache = ImageCache(root, ctx.cfg.max_side)
     for rel in files:
-        try:
-            for n, raw in _lines(root, rel):
-                item = f"{rel}:{n}"
-                yield _line(ctx, cache, rel, n, raw, item)
-        except Rejected as e:  # the file itself: missing, empty, unreadable, a symlink leaving root
-            yield ctx.rejected(rel, e)
+        lines, bad = ctx.attempt(rel, lambda rel=rel: list(_lines(root, rel)))
+        if bad is not None:  # the file itself: missing, empty, unreadable, a symlink leaving root
+            yield bad
+            continue
+        yield from ctx.each([(f"{rel}:{n}", None, (n, raw)) for n, raw in lines],
+                            lambda p, rel=rel: _line(ctx, cache, rel, p[0], p[1], f"{rel}:{p[0]}"))
 
 
-def _lines(root: Path, rel: str) -> Iterator[tuple[int, bytes]]:
-    """Non-blank lines, streamed (JSONL files can be large)."""
+def _lines(root: Path, rel: str) -> Iterator[tuple[int, bytes | Rejected]]:
+    """Non-blank lines; a line over JSONL_MAX_LINE_BYTES is skipped to its end and stands as a Rejected."""
     path = images.safe_path(root, rel)
     try:
         if path.stat().st_size == 0:
             raise Rejected("empty_file", f"{rel} is zero bytes long")
         with open(path, "rb") as fh:
-            for n, raw in enumerate(fh, start=1):
-                if raw.strip():
+            n = 0
+            while raw := fh.readline(JSONL_MAX_LINE_BYTES + 1):
+                n += 1
+                if len(raw) > JSONL_MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                        pass
+                    yield n, Rejected("malformed_json", f"line {n} of {rel} is longer than {JSONL_MAX_LINE_BYTES:,} bytes")
+                elif raw.strip():
                     yield n, raw
     except OSError as e:
         raise Rejected("unreadable", f"could not read {rel}: {e.strerror or e}") from None
 
 
-def _line(ctx: Context, cache: ImageCache, rel: str, n: int, raw: bytes, item: str) -> Record | Quarantine:
+def _line(ctx: Context, cache: ImageCache, rel: str, n: int, raw: bytes | Rejected, item: str) -> Record | Quarantine:
     source_id = None
     try:
+        if isinstance(raw, Rejected):
+            raise raw
         try:
             line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
         except UnicodeDecodeError:
             raise Rejected("invalid_encoding", f"line {n} of {rel} is not valid UTF-8") from None
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise Rejected("malformed_json", f"line {n} of {rel}: {e.msg} at column {e.colno}") from None
+        obj = parse_json(line, f"line {n} of {rel}")
         if not isinstance(obj, dict):
             raise Rejected("malformed_json", f"line {n} of {rel} is a JSON {type(obj).__name__}, not an object")
         source_id = text_field(obj, "id", required=False) or item
         return _record(ctx, cache, item, obj, source_id)
-    except Rejected as e:
-        return ctx.rejected(item, e, source_id)
+    except Exception as e:  # noqa: BLE001 - quarantined under the line's id once it is known
+        return ctx.failed(item, e, source_id)
 
 
 def count(root: Path, ctx: Context) -> int | None:

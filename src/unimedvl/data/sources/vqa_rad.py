@@ -46,26 +46,30 @@ def _image_dir(root: Path) -> str:
 
 
 def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
-    try:
+    rel, entries = JSON_NAME, None
+
+    def load() -> list:
+        nonlocal rel
         rel = _json_file(root)
-        entries = load_json(root, rel)
-        if not isinstance(entries, list):
-            raise Rejected("malformed_json", f"{rel} should hold a JSON list of questions, not a {type(entries).__name__}")
-    except Rejected as e:
-        yield ctx.rejected(JSON_NAME, e)
+        doc = load_json(root, rel)
+        if not isinstance(doc, list):
+            raise Rejected("malformed_json", f"{rel} should hold a JSON list of questions, not a {type(doc).__name__}")
+        return doc
+
+    entries, bad = ctx.attempt(JSON_NAME, load)
+    if bad is not None:
+        yield bad
         return
     image_dir = _image_dir(root)
     modality = _modality_per_image(entries)
     cache = ImageCache(root, ctx.cfg.max_side)
+    items = []
     for i, entry in enumerate(entries):
-        item = f"{rel}#{i}"
         source_id = None
         if isinstance(entry, dict):
             source_id = str(entry["qid"]) if entry.get("qid") not in (None, "") else f"#{i}"
-        try:
-            yield _record(ctx, cache, rel, image_dir, entry, source_id, modality)
-        except Rejected as e:
-            yield ctx.rejected(item, e, source_id)
+        items.append((f"{rel}#{i}", source_id, (entry, source_id)))
+    yield from ctx.each(items, lambda p: _record(ctx, cache, rel, image_dir, p[0], p[1], modality))
 
 
 def count(root: Path, ctx: Context) -> int | None:

@@ -1,0 +1,87 @@
+"""Promotion gates and the overlay writer without a registry: every rule fails for its own reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unimedvl.config import GateConfig
+from unimedvl.evaluate.schema import EvalMetrics, Metric, Status
+from unimedvl.promote.gates import check_gate, licence_gate
+from unimedvl.promote.gitops import OverlayError, check_storage_uri, render_local_overlay
+from unimedvl.promote.lineage import is_non_commercial
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def metrics(**values) -> EvalMetrics:
+    out = {}
+    for key, v in values.items():
+        k = key.replace("__", ".")
+        out[k] = Metric(value=v, n=50) if v is not None else Metric(value=None, n=3, status=Status.insufficient_samples,
+                                                                    reason="3 < min_n")
+    return EvalMetrics(metrics=out)
+
+
+GATE = GateConfig(metric="vqa.finding.accuracy", min=0.4, baseline="vqa.finding.blind.accuracy", margin=0.05,
+                  max_regression=0.02)
+
+
+def test_passes_when_every_rule_holds():
+    r = check_gate(GATE, metrics(vqa__finding__accuracy=0.7, vqa__finding__blind__accuracy=0.5),
+                   metrics(vqa__finding__accuracy=0.71))
+    assert r.passed and r.reason is None and [c["passed"] for c in r.checks] == [True, True, True]
+
+
+@pytest.mark.parametrize("cand, inc, why", [
+    ({"vqa__finding__accuracy": 0.3, "vqa__finding__blind__accuracy": 0.1}, None, "0.3 < 0.4 (min)"),
+    ({"vqa__finding__accuracy": 0.52, "vqa__finding__blind__accuracy": 0.5}, None, "0.52 < 0.55"),
+    ({"vqa__finding__accuracy": 0.7, "vqa__finding__blind__accuracy": 0.5}, {"vqa__finding__accuracy": 0.8}, "incumbent 0.8"),
+    ({"vqa__finding__accuracy": None, "vqa__finding__blind__accuracy": 0.5}, None, "status insufficient_samples (3 < min_n)"),
+    ({"vqa__finding__accuracy": 0.7, "vqa__finding__blind__accuracy": None}, None, "vqa.finding.blind.accuracy has status"),
+    ({"vqa__finding__blind__accuracy": 0.5}, None, "vqa.finding.accuracy is not in eval/metrics.json"),
+], ids=["below-min", "below-baseline-margin", "regression", "metric-not-ok", "baseline-not-ok", "absent"])
+def test_fails_naming_the_rule_and_numbers(cand, inc, why):
+    r = check_gate(GATE, metrics(**cand), metrics(**inc) if inc else None)
+    assert not r.passed and why in r.reason
+
+
+def test_incumbent_without_comparable_numbers_fails():
+    r = check_gate(GATE, metrics(vqa__finding__accuracy=0.9, vqa__finding__blind__accuracy=0.5), None,
+                   "incumbent version 3 was evaluated on other inputs")
+    assert not r.passed and "other inputs" in r.reason
+
+
+def test_licence_gate():
+    assert is_non_commercial("CC-BY-NC-ND-4.0") and is_non_commercial("LicenseRef-unknown") and not is_non_commercial("CC0-1.0")
+    assert licence_gate(False, ["CC-BY-NC-ND-4.0"], True).passed
+    r = licence_gate(True, ["CC-BY-NC-ND-4.0", "CC0-1.0"], True)
+    assert not r.passed and "CC-BY-NC-ND-4.0" in r.reason
+    assert licence_gate(True, ["CC0-1.0"], False).passed
+
+
+def test_storage_uri_must_be_the_promoted_copy():
+    good = "s3://unimedvl-models/unimedvl/4/"
+    assert check_storage_uri(good, good) == good
+    for bad in ("models:/unimedvl@staging", "mlflow-artifacts:/1/abc/artifacts/model", "s3://other/unimedvl/4/"):
+        with pytest.raises(OverlayError, match="refusing"):
+            check_storage_uri(bad, good)
+
+
+def test_local_overlay_pins_the_version_and_leaves_the_committed_one(tmp_path):
+    from unimedvl.manifests import check, kustomize_build
+
+    committed = (REPO / "infra/overlays/staging/inferenceservice-patch.yaml").read_text()
+    out = render_local_overlay(tmp_path / "overlay", REPO / "infra/overlays/staging", "unimedvl", "7",
+                               "ghcr.io/unimedvl/unimedvl:0.2.0", "s3://unimedvl-models/unimedvl/7/")
+    patch = yaml.safe_load((out / "inferenceservice-patch.yaml").read_text())
+    assert patch["metadata"]["annotations"] == {"unimedvl.io/model-name": "unimedvl", "unimedvl.io/model-version": "7"}
+    assert patch["spec"]["predictor"]["model"] == {"image": "ghcr.io/unimedvl/unimedvl:0.2.0",
+                                                   "storageUri": "s3://unimedvl-models/unimedvl/7/"}
+    docs = kustomize_build(out)
+    check(docs)
+    isvc = next(d for d in docs if d["kind"] == "InferenceService")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://unimedvl-models/unimedvl/7/"
+    assert (REPO / "infra/overlays/staging/inferenceservice-patch.yaml").read_text() == committed

@@ -1,0 +1,95 @@
+"""Cross-split leakage for every split pair, and the official-split rules, with exact verdicts.
+
+Each case is a separate small data set so that one rule cannot mask another: a bug that stops
+removing val->test leakage, or that ignores `keep_official_split_sources` for text, changes exactly
+one verdict here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.test_qc_checks import make_record, near_copy, phantom
+from unimedvl.config import QCConfig
+from unimedvl.data.shards import DatasetWriter, read_quarantine
+from unimedvl.qc import run_qc
+
+REPORT = ("FINDINGS: The cardiomediastinal silhouette is enlarged. There is a 2 cm spiculated nodule in the left "
+          "lower lobe with adjacent pleural thickening. No pneumothorax. IMPRESSION: Suspicious left lower lobe nodule.")
+# Padding records so that every split exists (the GE suite requires all three).
+PADDING = ("pad-train", "train", 101), ("pad-val", "val", 102), ("pad-test", "test", 103)
+
+
+def _run(tmp_path, records, **cfg):
+    recs = [make_record(rid, split=split, images=[phantom(seed)]) for rid, split, seed in PADDING] + records
+    src = tmp_path / "ingest"
+    writer = DatasetWriter(src, step="ingest")
+    for r in recs:
+        writer.add(r.dataset, r)
+    writer.close()
+    metrics = run_qc(src, tmp_path / "out", QCConfig(**cfg), log_to_mlflow=False)
+    verdicts = {q.id: q.reason for q in read_quarantine(tmp_path / "out")}
+    return metrics, verdicts
+
+
+@pytest.mark.parametrize(
+    ("earlier", "later"),
+    [("train", "val"), ("train", "test"), ("val", "test")],
+)
+@pytest.mark.parametrize("copy", ["exact", "near"])
+def test_image_leakage_leaves_the_earlier_split(tmp_path, earlier, later, copy):
+    image = phantom(7)
+    leaked = image if copy == "exact" else near_copy(image)
+    metrics, verdicts = _run(tmp_path, [
+        make_record("kept", split=later, images=[image]),
+        make_record("leaked", split=earlier, images=[leaked], answer="A second caption of that radiograph."),
+    ])
+    assert verdicts == {"leaked": "split_leakage"}
+    assert metrics["dedup"]["split_leakage"] == {f"{earlier}->{later}": 1}
+
+
+def test_a_train_val_test_chain_keeps_only_test(tmp_path):
+    image = phantom(8)
+    _, verdicts = _run(tmp_path, [
+        make_record("in-train", images=[near_copy(image)], answer="First caption of the radiograph."),
+        make_record("in-val", split="val", images=[image], answer="Second caption of the radiograph."),
+        make_record("in-test", split="test", images=[near_copy(image)], answer="Third caption of the radiograph."),
+    ])
+    assert verdicts == {"in-train": "split_leakage", "in-val": "split_leakage"}
+
+
+def test_official_split_sources_keep_image_overlap_and_report_it(tmp_path):
+    image = phantom(9)
+    metrics, verdicts = _run(tmp_path, [
+        make_record("bench-val", split="val", images=[image], dataset="bench"),
+        make_record("bench-train", images=[near_copy(image)], dataset="bench", answer="Another caption here."),
+        # the same overlap from a source without an official split is still removed
+        make_record("other-train", images=[image], dataset="other", answer="Yet another caption here."),
+    ], keep_official_split_sources=("bench",))
+    assert verdicts == {"other-train": "split_leakage"}
+    assert metrics["dedup"]["official_split_overlap"] == {"bench:train->val": 1}
+
+
+@pytest.mark.parametrize(("earlier", "later"), [("train", "val"), ("train", "test"), ("val", "test")])
+def test_text_leakage_for_every_split_pair(tmp_path, earlier, later):
+    _, verdicts = _run(tmp_path, [
+        make_record("t-later", split=later, sub="text_only", question="Write a report.", answer=REPORT,
+                    modality="none", patient="p-1"),
+        make_record("t-earlier", split=earlier, sub="text_only", question="Write a report.",
+                    answer=REPORT.replace("2 cm", "2.0 cm"), modality="none", patient="p-2"),
+    ])
+    assert verdicts == {"t-earlier": "text_leakage"}
+
+
+def test_text_leakage_official_split_exemption(tmp_path):
+    records = [
+        make_record("t-test", split="test", sub="text_only", question="Write a report.", answer=REPORT,
+                    modality="none", patient="p-1", dataset="bench"),
+        make_record("t-train", sub="text_only", question="Write a report.", answer=REPORT.replace("2 cm", "2.0 cm"),
+                    modality="none", patient="p-2", dataset="bench"),
+    ]
+    metrics, verdicts = _run(tmp_path / "exempt", records, keep_official_split_sources=("bench",))
+    assert verdicts == {}
+    assert metrics["dedup"]["text_leakage"] == {"kept_official:bench": 1}
+    _, verdicts = _run(tmp_path / "not-exempt", records)
+    assert verdicts == {"t-train": "text_leakage"}
