@@ -8,11 +8,13 @@ when this package is imported (`components._base.step`).
 
 from .data import heldout, ingest, qc
 from .evaluate import benchmark, evaluate, judge
+from .release import promote, register
 from .run import close_run
 from .train import ablation, autoencoder, stage1, stage2, stage3, tokenizer
 
-STEPS = {c.name: c for c in (ingest, qc, heldout, tokenizer, autoencoder, stage1, stage2, stage3, benchmark, judge, evaluate)}
+STEPS = {c.name: c for c in (ingest, qc, heldout, tokenizer, autoencoder, stage1, stage2, stage3, benchmark, judge, evaluate,
+                                     register, promote)}
 """Every step component, by step name, in pipeline order (the KFP-only ones are not steps)."""
 
-__all__ = ["STEPS", "ablation", "autoencoder", "benchmark", "close_run", "evaluate", "heldout", "ingest", "judge", "qc", "stage1",
+__all__ = ["STEPS", "ablation", "autoencoder", "benchmark", "close_run", "evaluate", "heldout", "ingest", "judge", "promote", "qc", "register", "stage1",
            "stage2", "stage3", "tokenizer"]

@@ -30,7 +30,8 @@ def stages() -> dict[str, dict]:
 
 
 def stage_deps(all_stages: dict[str, dict]) -> dict[str, list[str]]:
-    outs = {(next(iter(o)) if isinstance(o, dict) else o): n for n, st in all_stages.items() for o in st.get("outs", [])}
+    outs = {(next(iter(o)) if isinstance(o, dict) else o): n for n, st in all_stages.items()
+            for o in st.get("outs", []) + st.get("metrics", []) + st.get("plots", [])}  # all outputs to DVC
     return {n: sorted({owner for d in st.get("deps", []) for out, owner in outs.items()
                        if owner != n and (d == out or d.startswith(out.rstrip("/") + "/"))})
             for n, st in all_stages.items()}

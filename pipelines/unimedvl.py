@@ -25,6 +25,7 @@ FORM = ["train_profile", "ingest_phantom_count", "autoencoder_steps", "stage1_st
         "pipeline_gpus_stage2", "pipeline_gpus_stage3", "pipeline_image_tag", "pipeline_train_executor"]
 D = defaults(FORM, PARAMS)
 TRAINING = ("autoencoder", "stage1", "stage2", "stage3", "ablation")
+UNCACHED = ("register", "promote")  # registry state lives outside the artefacts: always re-run
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
           "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI")
 
@@ -34,6 +35,8 @@ def _task(component, form: dict[str, Any], **artefacts) -> dsl.PipelineTask:
     task = component(**{n: form[n] for n in names if n in form}, **artefacts)
     name = component.name
     task.set_display_name(name)
+    if name in UNCACHED:
+        task.set_caching_options(False)
     if form["retries"]:
         task.set_retry(num_retries=form["retries"], backoff_duration="60s", backoff_factor=2.0)
     task.set_container_image(form["image"] if name not in TRAINING else form["gpu_image"])
@@ -69,6 +72,10 @@ def _dag(form: dict[str, Any]) -> dict[str, dsl.PipelineTask]:
     t["judge"] = _task(C.judge, form, data=data)
     t["evaluate"] = _task(C.evaluate, form, model=t["stage3"].outputs["model"], data=data,
                           benchmark=t["benchmark"].outputs["dataset"], judge=t["judge"].outputs["model"])
+    t["register"] = _task(C.register, form, model=t["stage3"].outputs["model"], results=t["evaluate"].outputs["results"],
+                          data=data)
+    t["promote"] = _task(C.promote, form, version=t["register"].outputs["version"], results=t["evaluate"].outputs["results"],
+                         data=data, benchmark=t["benchmark"].outputs["dataset"], judge=t["judge"].outputs["model"])
     with dsl.If(form["run_ablation"] == True, "synergy-ablation"):  # noqa: E712 - a KFP condition, not a bool
         t["ablation"] = _task(C.ablation, form, data=data, heldout=held, previous=t["stage2"].outputs["model"])
     return t
@@ -80,7 +87,7 @@ def build(retries: int = P.retries):
 
     @dsl.pipeline(name=P.name, display_name="UniMedVL: medical data to a promoted model",
                   description="ingest -> qc -> heldout -> tokenizer -> autoencoder -> stage1-3 of the UniMedVL curriculum, then "
-                              "benchmark + judge -> evaluate "
+                              "benchmark + judge -> evaluate -> register -> promote "
                               "(the same steps and code as `dvc repro`), MLflow-tracked; reports and metrics on each node.",
                   pipeline_root=ROOT)
     def unimedvl(

@@ -340,6 +340,9 @@ class PipelineConfig(_Strict):
     def _executor(cls, v: str) -> str:
         if v not in ("rayjob", "local"):
             raise ValueError("train_executor must be rayjob or local")
+        return v
+
+
 # --- serving (unimedvl serve; src/unimedvl/serve) -------------------------------------------------
 
 

@@ -23,7 +23,7 @@ def dvc_graph() -> dict[str, set[str]]:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     outs = {}
     for name, st in stages.items():
-        for o in st.get("outs", []):
+        for o in st.get("outs", []) + st.get("metrics", []) + st.get("plots", []):  # all three are outputs to DVC
             outs[next(iter(o)) if isinstance(o, dict) else o] = name
     graph = {}
     for name, st in stages.items():
@@ -128,6 +128,11 @@ def test_pipeline_interface_for_the_ui():
     tasks = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert all(t["retryPolicy"]["maxRetryCount"] >= 1 for t in tasks.values() if "componentRef" in t and "condition" not in t["componentRef"]["name"])
     assert ir["root"]["dag"]["tasks"]["close-run"]["cachingOptions"] == {}
+    # Registry state lives outside the artefacts: register and promote always run; the rest may cache.
+    assert {n for n, t in tasks.items() if t.get("cachingOptions") == {}} == {"register", "promote"}
+    assert ir["components"]["comp-promote"]["outputDefinitions"]["artifacts"]["card"]["artifactType"]["schemaTitle"] == "system.Markdown"
+    assert ir["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]["confusion"]["artifactType"]["schemaTitle"] \
+        == "system.ClassificationMetrics"
     outs = ir["components"]["comp-qc"]["outputDefinitions"]["artifacts"]
     assert outs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
     assert outs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
