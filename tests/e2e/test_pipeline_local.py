@@ -153,6 +153,12 @@ def test_run_local_model_folders_load_and_artefacts_render(kfp_run):
     assert cm.get("confusionMatrix", {}).get("rows") or cm.get("status", "").startswith("unavailable")
     assert "<html" in (run / "evaluate" / "report").read_text().lower()
     assert json.loads((run / "judge" / "metrics").read_text())["auroc.cardiomegaly"] >= 0.9
+    # register made a model version over stage3's run; promote decided on it and wrote the model card.
+    version = json.loads((run / "register" / "executor_output.json").read_text())["artifacts"]["version"]["artifacts"][0]["metadata"]
+    assert version["name"] == "unimedvl" and int(version["version"]) >= 1
+    decision = json.loads((run / "promote" / "decision").read_text())
+    assert decision["candidate"]["version"] == version["version"] and isinstance(decision["passed"], bool)
+    assert "unimedvl" in (run / "promote" / "card").read_text().lower()
     qc = json.loads((run / "qc" / "metrics").read_text())
     assert qc["accepted"] + qc["quarantined"] == qc["seen"] > 0
     page = (run / "qc" / "report").read_text()
@@ -170,13 +176,14 @@ def test_run_local_smoke_profile_equals_dvc_repro(tmp_path):
     from unimedvl.model.checkpoint import load_model
     from unimedvl.pipeline.local import run_local
 
-    dvc_dir = dvc_repro_smoke(tmp_path / "dvc", KEY)
-    os.environ["UNIMEDVL_SECRET_KEY"] = KEY
+    dvc_dir = dvc_repro_smoke(tmp_path / "dvc", KEY, env_extra={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'dvc.db'}"})
+    os.environ.update({"UNIMEDVL_SECRET_KEY": KEY, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'kfp.db'}"})
     try:
         run = run_local(tmp_path / "root", {"train_profile": "smoke", "ingest_phantom_count": 120},
                         params=dvc_dir / "params.yaml")
     finally:
         os.environ.pop("UNIMEDVL_SECRET_KEY", None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     assert shard_hashes(run / "ingest" / "dataset") == shard_hashes(dvc_dir / "data" / "ingest")
     assert shard_hashes(run / "qc" / "dataset") == shard_hashes(dvc_dir / "data" / "qc")
     for step in ("autoencoder", "stage1", "stage2", "stage3"):
