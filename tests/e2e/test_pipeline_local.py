@@ -11,15 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.pipeline_fixture import PHANTOMS, SPLITS
+
 REPO = Path(__file__).resolve().parents[2]
 KEY = "kfp-local-test-key"  # the dvc comparison's
 # The shared smoke pipeline's data (tests/pipeline_fixture.py: phantoms only, its splits), two training
 # steps per stage and a small evaluation. The judge keeps the smoke size; its gate is lowered to the
 # floor the config allows, 0.5: at smoke size the small findings (nodule, lesion) stay near 0.53, below
 # the 0.95 default (eval's tests cover the judge's quality; these cover the orchestration).
-LEAN = {"train_profile": "smoke", "ingest_phantom_count": 500, "autoencoder_steps": 3, "stage1_steps": 2,
+LEAN = {"train_profile": "smoke", "ingest_phantom_count": PHANTOMS, "autoencoder_steps": 3, "stage1_steps": 2,
         "stage2_steps": 2, "stage3_steps": 2, "run_ablation": True,
-        "params_override": "ingest:\n  sources: [{name: phantom}]\n  split_fractions: {train: 0.6, val: 0.1, test: 0.3}\n"
+        "params_override": f"ingest:\n  sources: [{{name: phantom}}]\n  split_fractions: {json.dumps(SPLITS)}\n"
                            "evaluate:\n  max_test_items: 10\n  judge: {min_auroc: 0.5}\n"
                            "  benchmark: {finding_questions: 24, open_questions: 6, report_prompts: 6, generation_per_finding: 4,"
                            " counterfactual_pairs: 4, super_resolution_pairs: 4, cross_modal_pairs: 4}\n"}
@@ -50,7 +52,7 @@ def lean_pipeline():
     from pipelines.unimedvl import _task
 
     @dsl.pipeline(name="unimedvl-lean")
-    def lean(train_profile: str = "smoke", ingest_phantom_count: int = 500, params_override: str = ""):
+    def lean(train_profile: str = "smoke", ingest_phantom_count: int = PHANTOMS, params_override: str = ""):
         form = {**dict(locals()), "image": "unused", "gpu_image": "unused", "retries": 0,
                 "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         with dsl.ExitHandler(C.close_run(run_id=form["run_id"])):
@@ -78,12 +80,11 @@ def shard_hashes(folder: Path) -> list[str]:
 
 
 def check_same_shards(run, smoke_pipeline):
-    from tests.pipeline_fixture import PHANTOMS, SPLITS
     from unimedvl.pipeline.params import effective, resolve
 
     params = effective(resolve({k: v for k, v in LEAN.items() if k.startswith(("ingest_", "train_"))}, LEAN["params_override"]))
     fixture = smoke_pipeline["params"]
-    assert params.ingest == fixture.ingest and params.qc == fixture.qc and PHANTOMS == 500 and SPLITS["test"] == 0.3
+    assert params.ingest == fixture.ingest and params.qc == fixture.qc
     assert shard_hashes(run / "ingest" / "dataset") == shard_hashes(smoke_pipeline["ingest"])
     assert shard_hashes(run / "qc" / "dataset") == shard_hashes(smoke_pipeline["qc"])
     assert shard_hashes(smoke_pipeline["qc"])
