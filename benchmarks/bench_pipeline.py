@@ -3,7 +3,7 @@
 as on a cluster) against `dvc repro` of the same stages, params and key in a fresh copy of the
 repository, one run each on this machine.
 
-    nice -n 10 python benchmarks/bench_pipeline.py [--phantoms 300] [--packaged]
+    nice -n 10 python benchmarks/bench_pipeline.py [--phantoms 640] [--packaged]
 
 The data is the phantom source only (`--packaged` adds the packaged real corpus, several times
 slower); the judge's gate is 0.5 on both sides (tests/pipeline_helpers.py says why). Both sides log to
@@ -31,7 +31,7 @@ def hashes(folder: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--phantoms", type=int, default=300)
+    ap.add_argument("--phantoms", type=int, default=640)  # as tests/pipeline_fixture.py: every task family in each split
     ap.add_argument("--packaged", action="store_true", help="also ingest the packaged real corpus")
     args = ap.parse_args()
     from tests.pipeline_helpers import dvc_repro_smoke

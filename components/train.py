@@ -4,7 +4,7 @@ stage1-3 train in the step's own process (`pipeline_train_executor: local`, as k
 `dvc repro` do) or create a KubeRay RayJob on GPU nodes and return its checkpoint on S3 (`rayjob`).
 """
 
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
 from ._base import GPU_IMAGE, step
 
@@ -77,17 +77,12 @@ def stage3(data: Input[Dataset], heldout: Input[Dataset], previous: Input[Model]
 
 
 @step(image=GPU_IMAGE)
-def ablation(data: Input[Dataset], heldout: Input[Dataset], previous: Input[Model], model: Output[Model],
-             metrics: Output[Metrics],
-             stage3_steps: int, stage3_lr: float, train_profile: str, pipeline_train_executor: str,
-             pipeline_gpus_stage3: int, pipeline_gpu_image: str, pipeline_image_tag: str, params_override: str = "",
+def ablation(data: Input[Dataset], benchmark: Input[Dataset], judge: Input[Model], autoencoder: Input[Model],
+             table: Output[Markdown], metrics: Output[Metrics], train_profile: str, params_override: str = "",
              run_id: str = ""):
-    """Synergy ablation (KFP only): stage 3 again with `pipeline.ablation.mixture` (no text-to-image data),
-    so evaluation can compare what generation data adds to understanding."""
-    from unimedvl.pipeline.steps import train_step
+    """Synergy ablation (KFP only): unified vs generation-only vs understanding-only training from the
+    autoencoder, same budget, each evaluated (`unimedvl evaluate --ablation`); the deltas as a table."""
+    from unimedvl.pipeline.steps_eval import ablation_step
 
-    train_step("stage3", data, previous, model, metrics,
-               dict(stage3_steps=stage3_steps, stage3_lr=stage3_lr, train_profile=train_profile,
-                    pipeline_gpus_stage3=pipeline_gpus_stage3),
-               params_override, run_id, heldout=heldout, executor=pipeline_train_executor, image=f"{pipeline_gpu_image}:{pipeline_image_tag}",
-               ablation=True)
+    ablation_step(data, benchmark, judge, autoencoder, table, metrics, dict(train_profile=train_profile),
+                  params_override, run_id)

@@ -45,7 +45,7 @@ def _task(component, form: dict[str, Any], **artefacts) -> dsl.PipelineTask:
         kubernetes.use_secret_as_env(task, P.key_secret, {"UNIMEDVL_SECRET_KEY": "UNIMEDVL_SECRET_KEY"})
     # The GPU pool: in-pod training steps request GPUs; with the rayjob executor stage1-3 (and the
     # ablation) only submit a RayJob, whose GPU workers carry the same selectors (unimedvl.pipeline.rayjob).
-    in_pod = name == "autoencoder" or (name in TRAINING and P.train_executor == "local")
+    in_pod = name in ("autoencoder", "ablation") or (name in TRAINING and P.train_executor == "local")
     if in_pod:
         # A constant: kfp.local cannot resolve a pipeline parameter here (the RayJobs' GPUs are in the form).
         task.set_accelerator_type(P.gpu.resource).set_accelerator_limit(P.gpus["stage3" if name == "ablation" else name])
@@ -77,7 +77,8 @@ def _dag(form: dict[str, Any]) -> dict[str, dsl.PipelineTask]:
     t["promote"] = _task(C.promote, form, version=t["register"].outputs["version"], results=t["evaluate"].outputs["results"],
                          data=data, benchmark=t["benchmark"].outputs["dataset"], judge=t["judge"].outputs["model"])
     with dsl.If(form["run_ablation"] == True, "synergy-ablation"):  # noqa: E712 - a KFP condition, not a bool
-        t["ablation"] = _task(C.ablation, form, data=data, heldout=held, previous=t["stage2"].outputs["model"])
+        t["ablation"] = _task(C.ablation, form, data=data, benchmark=t["benchmark"].outputs["dataset"],
+                              judge=t["judge"].outputs["model"], autoencoder=t["autoencoder"].outputs["model"])
     return t
 
 
@@ -127,7 +128,7 @@ def build(retries: int = P.retries):
             pipeline_gpus_stage3: GPU workers of stage 3's RayJob (and the ablation's).
             pipeline_image_tag: Tag of the CPU and GPU images (components/images/lock.yaml, make images).
             pipeline_train_executor: rayjob (a KubeRay RayJob per stage) or local (train in the step's pod).
-            run_ablation: Also train stage 3 without text-to-image data (the synergy ablation), in parallel.
+            run_ablation: Also run the synergy ablation (evaluate/synergy.py: three training variants, evaluated).
             params_override: YAML text merged over params.yaml last, e.g. "qc: {min_side: 64}"; validated.
         """
         form = dict(locals())

@@ -21,7 +21,9 @@ def smoke_params(phantoms: int = 120, phantoms_only: bool = False) -> dict:
     params["ingest"]["phantom"]["count"] = phantoms
     if phantoms_only:
         params["ingest"]["sources"] = [{"name": "phantom"}]
-        params["ingest"]["split_fractions"] = {"train": 0.6, "val": 0.1, "test": 0.3}
+        from tests.pipeline_fixture import SPLITS
+
+        params["ingest"]["split_fractions"] = dict(SPLITS)
     # At smoke size the judge's small findings (nodule, lesion) stay near 0.53 AUROC, below the 0.95
     # default gate, and `unimedvl judge` would stop the pipeline: 0.5 is the floor the config allows.
     params["evaluate"]["judge"]["min_auroc"] = 0.5

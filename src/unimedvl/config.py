@@ -309,12 +309,11 @@ class PipelineRayConfig(_Strict):
 
 
 class PipelineAblationConfig(_Strict):
-    """The optional synergy-ablation branch: `stage` retrained from the previous stage's checkpoint
-    with this mixture (the default drops the text-to-image category, so evaluation can compare what
-    generation data adds to understanding)."""
+    """The optional synergy-ablation branch (`run_ablation`): `unimedvl.evaluate.synergy.run_ablation`,
+    unified vs generation-only vs understanding-only training from the autoencoder, each evaluated."""
 
-    stage: str = "stage3"
-    mixture: dict[str, float] = {"text_only": 3, "t2i": 0, "i2t": 72, "interleaved": 25}
+    seeds: tuple[int, ...] = (0, 1, 2)
+    max_steps: int | None = Field(None, gt=0, description="cap on each variant stage's steps (null: the stage's own)")
 
 
 class PipelineConfig(_Strict):

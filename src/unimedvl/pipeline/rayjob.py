@@ -35,10 +35,10 @@ class RayJobError(RuntimeError):
     pass
 
 
-def job_name(stage: str, run_id: str, ablation: bool = False) -> str:
+def job_name(stage: str, run_id: str) -> str:
     """A DNS-1123 name, unique per pipeline run and stage (KubeRay adds suffixes: keep it short)."""
     rid = re.sub(r"[^a-z0-9]", "", (run_id or "manual").lower())[:12] or "manual"
-    return f"unimedvl-{stage}{'-ab' if ablation else ''}-{rid}"
+    return f"unimedvl-{stage}-{rid}"
 
 
 def cluster_params(params: Params, stage: str) -> Params:
@@ -66,13 +66,13 @@ def entrypoint(stage: str, data_uri: str, previous_uri: str, out_uri: str, heldo
 
 
 def rayjob_manifest(stage: str, params: Params, *, image: str, data_uri: str, previous_uri: str, out_uri: str,
-                    run_id: str, ablation: bool = False, heldout_uri: str | None = None) -> dict[str, Any]:
+                    run_id: str, heldout_uri: str | None = None) -> dict[str, Any]:
     """The RayJob of one stage (validated against the RayJob CRD in the tests)."""
     p = params.pipeline
     ray = p.ray
     params = cluster_params(params, stage)
     gpus = params.train.workers if params.train.use_gpu else 0
-    name = job_name(stage, run_id, ablation)
+    name = job_name(stage, run_id)
     env_from = [{"secretRef": {"name": p.s3_secret, "optional": True}}]
     security = {"runAsNonRoot": True, "allowPrivilegeEscalation": False}
     labels = {"app.kubernetes.io/part-of": "unimedvl", "unimedvl/stage": stage, "unimedvl/run-id": name.rsplit("-", 1)[-1]}
@@ -212,12 +212,12 @@ def read_summary(uri: str) -> dict[str, Any]:
 
 
 def run_stage_on_ray(stage: str, data_uri: str, previous_uri: str, out_uri: str, params: Params, *, image: str,
-                     run_id: str, ablation: bool = False, heldout_uri: str | None = None, api_client=None) -> dict[str, Any]:
+                     run_id: str, heldout_uri: str | None = None, api_client=None) -> dict[str, Any]:
     """Train `stage` in a RayJob; returns the stage summary (the checkpoint is at `out_uri`)."""
     if not out_uri.startswith("s3://"):
         raise RayJobError(f"the rayjob executor needs an s3:// pipeline root (got {out_uri}); use train_executor=local")
     manifest = rayjob_manifest(stage, params, image=image, data_uri=data_uri, previous_uri=previous_uri,
-                               out_uri=out_uri, run_id=run_id, ablation=ablation, heldout_uri=heldout_uri)
+                               out_uri=out_uri, run_id=run_id, heldout_uri=heldout_uri)
     ray = params.pipeline.ray
     status = submit_and_wait(manifest, api_client=api_client, poll_s=ray.poll_s, timeout_s=ray.timeout_s)
     return {**read_summary(out_uri.rstrip("/") + ".metrics.json"), "rayjob": manifest["metadata"]["name"],

@@ -115,24 +115,20 @@ def heldout_step(data, dataset, metrics, values: dict[str, Any], params_override
 
 
 def train_step(stage: str, data, previous, model, metrics, values: dict[str, Any], params_override: str,
-               run_id: str, *, heldout=None, executor: str = "local", image: str = "", ablation: bool = False) -> dict[str, Any]:
+               run_id: str, *, heldout=None, executor: str = "local", image: str = "") -> dict[str, Any]:
     """tokenizer / autoencoder / stage1-3 (`data`, `previous`: input artefacts; `previous` None for the
     tokenizer): `run_stage` here, or, for stage1-3 with executor `rayjob`, in a KubeRay RayJob that
     leaves the checkpoint at the Model artefact's s3:// URI."""
     from ..train.stages import run_stage
 
-    enter_run(f"{run_id}:ablation" if ablation and run_id else run_id)
+    enter_run(run_id)
     params = resolve(values, params_override)
-    if ablation:
-        # The synergy ablation: the same stage with the ablation mixture (pipeline.ablation).
-        ab = params.pipeline.ablation
-        params = resolve(values, _yaml({ab.stage: {"mixture": ab.mixture}}) + "\n" + (params_override or ""))
     out = Path(model.path)
     if executor == "rayjob" and stage.startswith("stage"):
         from .rayjob import run_stage_on_ray
 
         summary = run_stage_on_ray(stage, data.uri, previous.uri, model.uri, params, image=image, run_id=run_id,
-                                   ablation=ablation, heldout_uri=heldout.uri if heldout else None)
+                                   heldout_uri=heldout.uri if heldout else None)
         # The RayJob wrote the folder to the artefact's URI; the launcher uploads nothing over it.
         out.mkdir(parents=True, exist_ok=True)
     else:
@@ -142,7 +138,7 @@ def train_step(stage: str, data, previous, model, metrics, values: dict[str, Any
                             metrics_path=out.parent / f".{out.name}.metrics.json",
                             **({"heldout_dir": heldout.path} if heldout is not None else {}))
         shutil.rmtree(ckpt, ignore_errors=True)
-    model.metadata.update({"stage": stage, "profile": params.train.profile, "ablation": ablation,
+    model.metadata.update({"stage": stage, "profile": params.train.profile,
                            **({"run_id": summary["run_id"]} if summary.get("run_id") else {}),
                            **({"rayjob": summary["rayjob"]} if summary.get("rayjob") else {})})
     write_metrics(metrics, {k: summary.get(k) for k in ("steps", "heldout_start", "heldout_end", "vocab_size", "wall_s",
@@ -150,15 +146,9 @@ def train_step(stage: str, data, previous, model, metrics, values: dict[str, Any
     return summary
 
 
-def _yaml(d: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(d, sort_keys=False)
-
-
 def close_run(run_id: str, failed: bool = False) -> list[tuple[str | None, str]]:
     """The ExitHandler's step: close this KFP run's MLflow parent run (key = the run id) and the ablation
-    branch's (key `<run id>:ablation`) with `unimedvl.tracking.finish_pipeline`."""
+    branch's (key `<run id>:ablation`, see steps_eval.ablation_step) with `unimedvl.tracking.finish_pipeline`."""
     from ..config import load_params
     from ..tracking import finish_pipeline
     from .params import params_file

@@ -67,3 +67,20 @@ def evaluate_step(model, data, benchmark, judge, results, metrics, report, confu
     results.metadata.update({"schema_version": result.schema_version, "computed": result.computed(),
                              "of": len(result.metrics)})
     return {"computed": result.computed(), "of": len(result.metrics)}
+
+
+def ablation_step(data, benchmark, judge, autoencoder, table, metrics, values: dict[str, Any], params_override: str,
+                  run_id: str) -> list[dict[str, Any]]:
+    """The synergy ablation (KFP only, `run_ablation`): `evaluate.synergy.run_ablation`, the same function as
+    `unimedvl evaluate --ablation`; its table is the Markdown artefact, its mean deltas the Metrics. Its
+    training and evaluation runs log under their own MLflow parent (key `<run id>:ablation`)."""
+    from ..evaluate.synergy import run_ablation
+
+    enter_run(f"{run_id}:ablation" if run_id else "")
+    params = effective(resolve(values, params_override))
+    ab = params.pipeline.ablation
+    doc = Path(table.path)
+    rows = run_ablation(Path(data.path), Path(benchmark.path), Path(judge.path), Path(autoencoder.path),
+                        doc.parent / f".{doc.name}-work", params, seeds=ab.seeds, doc=doc, max_steps=ab.max_steps)
+    write_metrics(metrics, {f"{r['baseline']}.{r['metric']}": r["mean"] for r in rows})
+    return rows
