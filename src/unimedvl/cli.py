@@ -12,6 +12,7 @@ from rich.console import Console
 from .config import ParamsError, SourceSpec, load_params
 from .data.sources import SOURCES, UnknownSource, get_source
 from .model.cli import model_app
+from .pipeline.cli import pipeline_app
 from .manifests_cli import infra_app
 from .storage_cli import storage_app
 
@@ -23,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(model_app, name="model")
+app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(storage_app, name="storage")
 app.add_typer(infra_app, name="infra")
 err = Console(stderr=True)

@@ -284,6 +284,64 @@ class QCConfig(_Strict):
         return v
 
 
+# --- the Kubeflow pipeline and its cluster settings (pipelines/, components/, unimedvl.pipeline) ---
+
+class PipelineGpuConfig(_Strict):
+    """Where GPU work lands: the accelerator resource, node labels and taints of the GPU pool."""
+
+    resource: str = "nvidia.com/gpu"  # the extended resource name requested per GPU
+    node_selector: dict[str, str] = {}
+    tolerations: tuple[dict[str, str], ...] = ()
+
+
+class PipelineRayConfig(_Strict):
+    """The KubeRay RayJob each of stage1-3 creates on the cluster (unimedvl.pipeline.rayjob)."""
+
+    namespace: str = "kubeflow"
+    ray_version: str = "2.60.0"  # the Ray inside the GPU image (kuberay checks head/worker agree)
+    head_cpu: str = "2"
+    head_memory: str = "8Gi"
+    worker_cpu: str = "8"
+    worker_memory: str = "48Gi"
+    poll_s: float = Field(10.0, gt=0)
+    timeout_s: int = Field(7 * 24 * 3600, gt=0)
+    ttl_s: int = Field(3600, ge=0, description="the finished RayJob object is deleted after this long")
+
+
+class PipelineAblationConfig(_Strict):
+    """The optional synergy-ablation branch (`run_ablation`): `unimedvl.evaluate.synergy.run_ablation`,
+    unified vs generation-only vs understanding-only training from the autoencoder, each evaluated."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    max_steps: int | None = Field(None, gt=0, description="cap on each variant stage's steps (null: the stage's own)")
+
+
+class PipelineConfig(_Strict):
+    """The compiled Kubeflow pipeline: images, GPUs, retries, schedule (its root is `storage`'s pipelines bucket)."""
+
+    name: str = "unimedvl"
+    image: str = "ghcr.io/unimedvl/unimedvl-cpu"  # CPU steps; tag = image_tag
+    gpu_image: str = "ghcr.io/unimedvl/unimedvl-gpu"  # training steps and the RayJobs
+    image_tag: str = "0.1.0"
+    train_executor: str = "rayjob"  # rayjob (KubeRay on the cluster) | local (in the step's own process)
+    data_repo: str = ""  # git URL that data_version refers to ("" = the repository holding params.yaml)
+    gpus: dict[str, int] = {"autoencoder": 1, "stage1": 1, "stage2": 1, "stage3": 1}
+    gpu: PipelineGpuConfig = PipelineGpuConfig()
+    ray: PipelineRayConfig = PipelineRayConfig()
+    retries: int = Field(2, ge=0, description="retries of a failed task (preempted nodes, S3 hiccups)")
+    s3_secret: str = "unimedvl-s3"  # Kubernetes secret: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, endpoint
+    key_secret: str = "unimedvl-deid-key"  # Kubernetes secret holding UNIMEDVL_SECRET_KEY
+    schedule: str = "0 2 * * 0"  # Argo CronWorkflow: weekly retraining
+    ablation: PipelineAblationConfig = PipelineAblationConfig()
+
+    @field_validator("train_executor")
+    @classmethod
+    def _executor(cls, v: str) -> str:
+        if v not in ("rayjob", "local"):
+            raise ValueError("train_executor must be rayjob or local")
+        return v
+
+
 # --- serving (unimedvl serve; src/unimedvl/serve) -------------------------------------------------
 
 
@@ -485,6 +543,7 @@ class Params(_Strict):
     stage2: StageConfig = StageConfig()
     stage3: StageConfig = StageConfig()
     tracking: TrackingConfig = TrackingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     serve: ServeConfig = ServeConfig()
     register: RegisterConfig = RegisterConfig()  # shadows the ABC's `register` classmethod (see above)
     promote: PromoteConfig = PromoteConfig()
