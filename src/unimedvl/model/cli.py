@@ -39,10 +39,33 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak_rss() -> bool:
+    """Start a fresh high-water mark (Linux: `5` into clear_refs resets VmHWM), so the peak read after
+    the load is the load's own and not one left by imports or start-up. False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 def load_info(folder: Path, dtype: str = "float32") -> dict:
     """Load a model folder and measure it: counts, the load report, and peak resident memory (the
     process's high-water mark over the load, minus what it held before) against the files' size."""
-    import resource
     import time
 
     import torch
@@ -56,11 +79,12 @@ def load_info(folder: Path, dtype: str = "float32") -> dict:
         raise typer.BadParameter(f"unknown dtype {dtype!r}; choose one of {', '.join(dtypes)}", param_hint="--dtype")
     files = [p for p in (folder / "ema.safetensors", folder / "ae.safetensors") if p.exists()]
     inspect_folder(folder)  # imports and builds the meta model once, so the measure is the weights'
+    _reset_peak_rss()
     before = _rss_bytes()
     t0 = time.perf_counter()
     model, report = load_model(folder, dtype=dtypes[dtype])
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak = _peak_rss_bytes()
     size = sum(p.stat().st_size for p in files)
     return {"folder": str(folder), "dtype": dtype, **count(model), "report_ok": report.ok,
             "missing": report.missing[:5], "unexpected": report.unexpected[:5], "mismatched": report.mismatched[:5],
