@@ -32,7 +32,7 @@ def test_code_change_retrains_stage1_from_step_0(tmp_path):
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The copy's code, not the installed one, is what runs.
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(work / "src"),
-           "UNIMEDVL_SECRET_KEY": "repro-key", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+           "UNIMEDVL_SECRET_KEY": "repro-key", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}  # pragma: allowlist secret
     env.pop("UNIMEDVL_PROFILE", None)
     for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=work, check=True, env=env)

@@ -64,7 +64,7 @@ def test_sampling_reaches_the_overfitted_latent():
         opt.step()
     model.eval()
     start = torch.linalg.vector_norm(noise - model.clean_latent_tokens(batch))
-    for steps in (1, 8):
+    for steps in (2, 8):  # timesteps, as in BAGEL: steps - 1 Euler updates
         sampled = model.generate_image([Text(PROMPT)], height=64, width=64, num_steps=steps, cfg_text_scale=1.0,
                                        generator=torch.Generator().manual_seed(5), return_latent=True)
         assert sampled.shape == lat.shape
