@@ -77,6 +77,7 @@ def ingest(
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, help="Phantom source: generator seed (overrides ingest.phantom.seed).")
     ] = None,
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log a child run under the pipeline's MLflow run.")] = True,
 ) -> None:
     """Read raw sources into de-identified Parquet shards with a manifest and a quarantine file.
 
@@ -84,13 +85,16 @@ def ingest(
     embedded default is the packaged real corpus). Every input item ends up either in a shard or,
     with a reason, in quarantine.jsonl.
     """
-    from .data.ingest import IngestError
+    from .data.ingest import IngestError, log_run
     from .data.ingest import ingest as run_ingest
 
     try:
-        cfg = _with_phantom(load_params(params).ingest, count, seed)
+        loaded = load_params(params)
+        cfg = _with_phantom(loaded.ingest, count, seed)
         specs = pair_sources(source, input or []) if source else list(cfg.sources)
-        run_ingest(specs, output, cfg)
+        result = run_ingest(specs, output, cfg)
+        if mlflow and loaded.tracking.enabled:
+            log_run(output, cfg.model_copy(update={"sources": tuple(specs)}), result, tracking=loaded.tracking)
     except (ParamsError, UnknownSource, IngestError) as e:
         _fail(str(e), 1)
 

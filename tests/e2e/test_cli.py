@@ -45,7 +45,7 @@ def test_help_lists_steps_and_sources():
 
 def test_ingest_imagefolder_writes_the_contract(tmp_path):
     src = imagefolder(tmp_path / "in")
-    out = run("ingest", "--source", "imagefolder", "--input", str(src), "--output", str(tmp_path / "out"))
+    out = run("ingest", "--source", "imagefolder", "--input", str(src), "--output", str(tmp_path / "out"), "--no-mlflow")
     assert out.returncode == 0, out.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["accepted"] == 4 and manifest["by_split"] == {"test": 1, "train": 2, "val": 1}

@@ -49,7 +49,7 @@ def project(tmp_path_factory):
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     (root / ".gitignore").write_text("/dvc-remote/\n")
     _run([sys.executable, "-m", "unimedvl.cli", "ingest", "--source", "phantom", "--count", "24",
-          "--output", "data/ingest"], root)
+          "--output", "data/ingest", "--no-mlflow"], root)
     _dvc("add", "data/ingest", cwd=root)
     _git("add", "-A", cwd=root)
     _git("commit", "-q", "-m", "ingest outputs", cwd=root)

@@ -129,6 +129,24 @@ def _ingest(
     return IngestResult(manifest=manifest, seconds=elapsed)
 
 
+def log_run(output: Path, cfg: IngestConfig, result: IngestResult, tracking=None) -> str | None:
+    """ingest's child run under the pipeline's MLflow parent (`unimedvl.tracking`): the settings (source
+    names only: an input path may name a person), the counts, the manifest, summary and quarantine file.
+    The parent is resolved after the run, since the pipeline's data id is this step's own output."""
+    from ..tracking import step_run
+
+    params = {"ingest": cfg.model_dump(exclude={"sources"}), "ingest.sources": [s.name for s in cfg.sources]}
+    counts = {k: float(result.manifest[k]) for k in ("seen", "accepted", "quarantined", "distinct_images")
+              if isinstance(result.manifest.get(k), int | float)}
+    with step_run("ingest", params=params, data=output, tracking=tracking, defer_parent=True,
+                  dataset_context=None) as run:
+        run.log_metrics({**counts, "seconds": result.seconds})
+        for name in ("manifest.json", "summary.txt", "quarantine.jsonl"):
+            if (Path(output) / name).exists():
+                run.log_artifact(Path(output) / name)
+    return run.run_id
+
+
 def _safe_count(module: Any, root: Path | None, ctx: Context) -> int | None:
     """The adapter's unit count for the progress bar; a failing count only loses the bar's total."""
     try:

@@ -58,7 +58,7 @@ def inline_html(index: Path) -> str:
 def ingest_step(dataset, metrics, values: dict[str, Any], params_override: str, data_version: str, data_repo: str,
                 run_id: str) -> dict[str, Any]:
     """ingest: the shards of `ingest.sources` (as `dvc repro`), or `data/ingest` at git rev `data_version`."""
-    from ..data.ingest import ingest
+    from ..data.ingest import ingest, log_run
     from ..data.shards import read_manifest
     from .data_version import fetch_output
 
@@ -67,8 +67,10 @@ def ingest_step(dataset, metrics, values: dict[str, Any], params_override: str, 
     if data_version:
         fetch_output(data_repo, data_version, "data/ingest", out)
     else:
-        cfg = effective(resolve(values, params_override)).ingest
-        ingest(list(cfg.sources), out, cfg)
+        params = effective(resolve(values, params_override))
+        result = ingest(list(params.ingest.sources), out, params.ingest)
+        if params.tracking.enabled:
+            log_run(out, params.ingest, result, tracking=params.tracking)
     manifest = read_manifest(out)
     dataset.metadata.update({"data_version": data_version or "ingested", "records": manifest.get("accepted"),
                              "pipeline_run_id": run_id})
