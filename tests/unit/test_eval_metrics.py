@@ -20,7 +20,14 @@ from unimedvl.evaluate.generation import (
 )
 from unimedvl.evaluate.report import bleu, finding_prf, label_report, report_metrics, rouge_l
 from unimedvl.evaluate.schema import FINDINGS, Status
-from unimedvl.evaluate.stats import bootstrap_ci, mcnemar_exact, metric, paired_permutation_test, permutation_test
+from unimedvl.evaluate.stats import (
+    bootstrap_ci,
+    hits_above_chance_p,
+    mcnemar_exact,
+    metric,
+    paired_permutation_test,
+    permutation_test,
+)
 
 
 def test_closed_answers_ignore_case_punctuation_and_articles():
@@ -183,3 +190,17 @@ def test_pointing_game_hits_misses_and_flat_maps():
     assert pointing_hit(heat, region)[0] is False
     assert pointing_hit(heat, region, grow=2)[0] is True  # within the heatmap's resolution
     assert pointing_hit(np.ones((16, 16)), region)[0] is False  # a flat map points nowhere
+
+
+def test_pointing_game_p_value_is_the_exact_chance_tail():
+    from scipy.stats import binomtest
+
+    # equal rates: the one-sided binomial test
+    hits = [True] * 7 + [False] * 3
+    assert hits_above_chance_p(hits, [0.3] * 10) == pytest.approx(binomtest(7, 10, 0.3, alternative="greater").pvalue)
+    # one rate per item: P(at least one hit) = 1 - 0.9 * 0.1
+    assert hits_above_chance_p([True, False], [0.1, 0.9]) == pytest.approx(0.91)
+    assert hits_above_chance_p([True, True], [0.1, 0.9]) == pytest.approx(0.09)
+    assert hits_above_chance_p([False, False], [0.1, 0.9]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one chance rate per item"):
+        hits_above_chance_p([True], [0.1, 0.2])

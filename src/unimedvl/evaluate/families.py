@@ -105,6 +105,7 @@ def understanding(ev) -> None:
     okb = np.array([U.closed_correct(p, a) for p, a in zip(blind_preds, refs, strict=True)], dtype=bool)
     major = _majority(ev, finding)
     okm = np.array([U.closed_correct(p, a) for p, a in zip(major, refs, strict=True)], dtype=bool)
+    ev.finding_correct = {r["id"]: bool(o) for r, o in zip(finding, ok, strict=True)}  # the pointing game's set
     ev.mean("vqa.finding.accuracy", ok, "finding questions")
     ev.mean("vqa.finding.blind.accuracy", okb, "finding questions")
     ev.mean("vqa.finding.majority.accuracy", okm, "finding questions")

@@ -13,7 +13,7 @@ import torch
 
 from .families import _bench_rows
 from .schema import FINDINGS, Metric
-from .stats import paired_permutation_test
+from .stats import hits_above_chance_p, paired_permutation_test
 
 
 def _untrained_model(ev):
@@ -226,20 +226,23 @@ def image_pairs(ev) -> None:
 
 
 def pointing_game(ev) -> None:
-    """For benchmark finding questions whose finding is present: does the peak of the explanation
-    heatmap of the answer "yes" (the serving predictor's `explain_answer`, gradient x input over ViT
-    patches) fall inside the finding's region, dilated by half a ViT patch (the heatmap's resolution)?
-    The baseline is a uniformly random point: the dilated region's share of the image."""
+    """For benchmark finding questions whose finding is present and that the model answered right:
+    does the peak of the explanation heatmap of the answer "yes" (the serving predictor's
+    `explain_answer`, gradient x input over ViT patches) fall inside the finding's region, dilated by
+    half a ViT patch (the heatmap's resolution)? The chance rate is a uniformly random point's: the
+    dilated region's share of the image; `explain.pointing_game.p_value` is the exact one-sided
+    probability of as many hits by chance."""
     from ..data.phantoms import render
     from ..serve.explain import explain_answer
     from .generation import pointing_hit
     from ..train.data import image_tensor
     from .run import _labels, _turns
 
+    correct = ev.finding_correct or {}
     rows = [r for r in _bench_rows(ev) if _labels(r)["benchmark"]["kind"] == "finding"
-            and _labels(r)["task"]["answer"] == "yes"]
+            and _labels(r)["task"]["answer"] == "yes" and correct.get(r["id"], False)]
     if len(rows) < ev.min_n:
-        for k in ("explain.pointing_game", "explain.pointing_game.random"):
+        for k in ("explain.pointing_game", "explain.pointing_game.random", "explain.pointing_game.p_value"):
             ev.put(k, Metric.insufficient(len(rows), ev.min_n, "present-finding questions"))
         return
     res = ev.spec.vit_resolution
@@ -262,7 +265,8 @@ def pointing_game(ev) -> None:
     if bar is not None:
         bar.close()
     ev.calls += len(rows)
-    ev.mean("explain.pointing_game", hits, "present-finding questions")
-    ev.mean("explain.pointing_game.random", chance, "present-finding questions")
+    ev.mean("explain.pointing_game", hits, "correctly answered present-finding questions")
+    ev.mean("explain.pointing_game.random", chance, "correctly answered present-finding questions")
+    ev.put("explain.pointing_game.p_value", Metric.ok(hits_above_chance_p(np.array(hits) > 0.5, chance), len(hits)))
 
 

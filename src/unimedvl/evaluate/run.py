@@ -160,6 +160,7 @@ class Evaluation:
         self.progress = _Progress(progress)
         self.min_n, self.n_boot, self.seed = self.cfg.min_n, self.cfg.bootstrap, self.cfg.seed
         self.calls = 0  # answers and images the model produced in this run
+        self.finding_correct: dict[str, bool] | None = None  # finding question id -> answered right
 
     # -- helpers -------------------------------------------------------------------------------------
 

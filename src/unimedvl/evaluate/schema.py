@@ -241,10 +241,13 @@ METRIC_KEYS: tuple[tuple[str, str], ...] = (
     ("counterfactual.out_region_change", "Mean absolute change outside the region (should be small)."),
     ("counterfactual.locality", "in_region_change - out_region_change per pair, mean (> 0: the edit is local)."),
     # explanations (computed by the serving helper's explain code)
-    ("explain.pointing_game", "Benchmark finding questions with the finding present: share whose explanation "
-     "heatmap of the answer (the serving predictor's `explain_answer`, gradient x input over ViT patches) peaks "
-     "inside the finding's region, dilated by half a ViT patch."),
-    ("explain.pointing_game.random", "The same for a uniformly random point: the dilated region's share of the image."),
+    ("explain.pointing_game", "Benchmark finding questions with the finding present that the model answered "
+     "right: share whose explanation heatmap of the answer (the serving predictor's `explain_answer`, gradient x "
+     "input over ViT patches) peaks inside the finding's region, dilated by half a ViT patch."),
+    ("explain.pointing_game.random", "The chance rate: a uniformly random point's, the dilated region's share of "
+     "the image (finding area / image area), averaged over the same questions."),
+    ("explain.pointing_game.p_value", "Exact one-sided p-value of at least that many hits by chance, each question "
+     "with its own chance rate (the Poisson-binomial tail; the binomial test when all rates are equal)."),
     # bookkeeping
     ("eval.items", "Answers and images the model produced in this run (baselines included); n = the same."),
 )

@@ -2,8 +2,8 @@
 
 Percentile bootstrap over items (numpy; resamples drawn once per call from a seeded generator), the
 exact McNemar test for paired correct/incorrect outcomes (scipy's binomial test on the discordant
-pairs), and a one-sided permutation test of a difference in means between two groups of per-prompt
-scores. `metric(...)` turns per-item values into a schema `Metric`, or `insufficient_samples` below
+pairs), a one-sided permutation test of a difference in means between two groups of per-prompt
+scores, and the exact one-sided tail of a sum of Bernoulli trials with their own chance rates. `metric(...)` turns per-item values into a schema `Metric`, or `insufficient_samples` below
 `min_n`.
 """
 
@@ -56,6 +56,22 @@ def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple
     if n01 + n10 == 0:
         return 1.0, n01, n10
     return float(binomtest(n01, n01 + n10, 0.5).pvalue), n01, n10
+
+
+def hits_above_chance_p(hits: Sequence[bool], chance: Sequence[float]) -> float:
+    """One-sided p-value of at least this many hits when item i hits by chance with probability
+    chance[i]: the exact Poisson-binomial tail (the binomial test, with each item's own rate, e.g. the
+    pointing game's finding area over image area)."""
+    h = np.asarray(hits, dtype=bool)
+    p = np.clip(np.asarray(chance, dtype=float), 0.0, 1.0)
+    if h.shape != p.shape:
+        raise ValueError("one chance rate per item")
+    dist = np.zeros(len(p) + 1)
+    dist[0] = 1.0
+    for q in p:  # distribution of the number of chance hits, one item at a time
+        dist[1:] = dist[1:] * (1 - q) + dist[:-1] * q
+        dist[0] *= 1 - q
+    return float(min(1.0, dist[int(h.sum()):].sum()))
 
 
 def permutation_test(a: Sequence[float], b: Sequence[float], n_perm: int = 2000, seed: int = 0) -> float:
