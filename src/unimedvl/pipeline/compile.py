@@ -19,13 +19,17 @@ def compile_all(out_dir: str | Path | None = None) -> list[Path]:
 
     out = Path(out_dir) if out_dir else compiled_dir()
     out.mkdir(parents=True, exist_ok=True)
-    pipeline = import_pipeline()
-    path = out / "unimedvl.yaml"
-    compiler.Compiler().compile(pipeline, str(path))
-    written = [path]
+    # hera replaces PyYAML's str representer when imported, which changes how KFP writes multi-line
+    # strings; importing it first makes the compiled YAML the same whether or not the process had
+    # imported hera before (the freshness test runs inside a suite that has).
+    pipeline = import_pipeline()  # also puts the repository root on sys.path for `pipelines`
     try:
         from pipelines import argo
     except ImportError:
-        return written
-    written += argo.render(out)
+        argo = None
+    path = out / "unimedvl.yaml"
+    compiler.Compiler().compile(pipeline, str(path))
+    written = [path]
+    if argo is not None:
+        written += argo.render(out)
     return written
