@@ -119,6 +119,15 @@ def check_seeds(params: Params) -> None:
 
 
 def build_benchmark(out_dir: str | Path, params: Params, progress: bool = False) -> dict[str, Any]:
+    """The benchmark step: `_build_benchmark` inside its child run of the pipeline's MLflow run."""
+    from ..tracking import step_run
+
+    with step_run("benchmark", params={"evaluate.benchmark": params.evaluate.benchmark.model_dump()},
+                  tracking=params.tracking, dataset_context=None):
+        return _build_benchmark(out_dir, params, progress)
+
+
+def _build_benchmark(out_dir: str | Path, params: Params, progress: bool = False) -> dict[str, Any]:
     """Generate the benchmark into `out_dir` (shards/ + manifest.json); returns the manifest."""
     check_seeds(params)
     cfg = params.evaluate.benchmark

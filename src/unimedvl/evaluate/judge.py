@@ -178,6 +178,16 @@ def _threshold(p: np.ndarray, y: np.ndarray) -> float:
 
 def train_judge(out_dir: str | Path, params: Params, data_dir: str | Path | None = None,
                 progress: bool = False, metrics_path: str | Path | None = None) -> dict[str, Any]:
+    """The judge step: `_train_judge` inside its child run of the pipeline's MLflow run."""
+    from ..tracking import step_run
+
+    with step_run("judge", params={"evaluate.judge": params.evaluate.judge.model_dump()}, data=data_dir,
+                  tracking=params.tracking, dataset_context=None):
+        return _train_judge(out_dir, params, data_dir, progress, metrics_path)
+
+
+def _train_judge(out_dir: str | Path, params: Params, data_dir: str | Path | None = None,
+                progress: bool = False, metrics_path: str | Path | None = None) -> dict[str, Any]:
     """Train the judge into `out_dir` (weights + config); its held-out AUROC per finding goes to
     `metrics_path` (default `<out_dir>.metrics.json`, beside the folder so DVC tracks both)."""
     from safetensors.torch import save_file

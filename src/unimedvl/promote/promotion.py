@@ -122,6 +122,16 @@ def incumbent_metrics(c, params: Params, incumbent, inputs: dict[str, Any]):
 
 def promote(params: Params, params_path: str | Path = "params.yaml", *, commit_branch: str | None = None,
             repo: Path | None = None) -> dict[str, Any]:
+    """The promote step: `_promote` inside its child run of the pipeline's MLflow run."""
+    from ..tracking import step_run
+
+    with step_run("promote", params={"promote": params.promote.model_dump()}, data=params.register.data_dir,
+                  tracking=params.tracking, dataset_context=None):
+        return _promote(params, params_path, commit_branch=commit_branch, repo=repo)
+
+
+def _promote(params: Params, params_path: str | Path = "params.yaml", *, commit_branch: str | None = None,
+             repo: Path | None = None) -> dict[str, Any]:
     from ..evaluate.schema import load_metrics
 
     pc, rc = params.promote, params.register

@@ -43,6 +43,15 @@ def stage3_run_id(params: Params) -> str:
 
 
 def register(params: Params, params_path: str | Path = "params.yaml", run_id: str | None = None) -> dict[str, Any]:
+    """The register step: `_register` inside its child run of the pipeline's MLflow run."""
+    from ..tracking import step_run
+
+    with step_run("register", params={"register": params.register.model_dump()}, data=params.register.data_dir,
+                  tracking=params.tracking, dataset_context=None):
+        return _register(params, params_path, run_id)
+
+
+def _register(params: Params, params_path: str | Path = "params.yaml", run_id: str | None = None) -> dict[str, Any]:
     """Register a version; returns (and writes to register.output) its summary."""
     from mlflow.exceptions import MlflowException
 
