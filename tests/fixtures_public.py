@@ -385,6 +385,138 @@ def build_unimedvl_jsonl(root: Path, tmp: Path) -> dict[str, Any]:
                   {"malformed_json": 2, "missing_field": 1, "invalid_value": 3, "path_escape": 1})
 
 
+# --- OmniMedVQA (QA_information/<access>/<dataset>.json + Images/) ----------------------------------
+
+BENCH_SIZE = (40, 48)  # QC's min_side is 32: the benchmark fixtures also pass QC
+
+
+def _omni_q(qid: str, image: str, question: str, answer: str, options: list[str], **extra: Any) -> dict:
+    item = {"dataset": qid.rsplit("_", 1)[0], "question_id": qid, "question_type": "Disease Diagnosis",
+            "question": question, "gt_answer": answer, "image_path": image,
+            "modality_type": "Fundus Photography"}
+    item.update({f"option_{k}": v for k, v in zip("ABCD", options)})
+    item.update(extra)
+    return item
+
+
+def build_omnimedvqa(root: Path, tmp: Path) -> dict[str, Any]:
+    """The release's layout; `letters` maps each accepted question_id to its correct letter."""
+    for i, name in enumerate(("Im001_ACRIMA.png", "Im002_ACRIMA.png")):
+        write_image(root / "Images/ACRIMA" / name, 700 + i, size=BENCH_SIZE)
+    write_image(root / "Images/Chest CT Scan/ct_001.png", 710, size=BENCH_SIZE)
+    write_image(root / "Images/AIDA/slide_01.png", 711, size=BENCH_SIZE, rgb=True)  # placed by the user
+    write_truncated_jpeg(root / "Images/ACRIMA/broken.jpg")
+    os.symlink(outside_image(tmp, "omni_out.png"), root / "Images/ACRIMA/link.png")
+    a1, a2 = "Images/ACRIMA/Im001_ACRIMA.png", "Images/ACRIMA/Im002_ACRIMA.png"
+    acrima = [
+        _omni_q("ACRIMA_0000", a1, "What imaging technique was employed to obtain this picture?", "Fundus imaging",
+                ["PET scan", "CT scan", "Blood test", "Fundus imaging"], question_type="Modality Recognition"),
+        _omni_q("ACRIMA_0001", a1, "Is there glaucoma in this image?", "No", ["No", "Yes"]),
+        _omni_q("ACRIMA_0002", a2, "Written by Dr. Quentin R. Marsh: what is the diagnosis?", "Glaucoma.",
+                ["Normal", "Cataract", "glaucoma"]),
+        _omni_q("ACRIMA_0003", a2, "Which disease?", "Retinoblastoma", ["Normal", "Glaucoma"]),  # no such option
+        _omni_q("ACRIMA_0004", a2, "", "Normal", ["Normal", "Glaucoma"]),  # empty question
+        _omni_q("ACRIMA_0000", a2, "A second item with a used id?", "Normal", ["Normal", "Glaucoma"]),
+        _omni_q("ACRIMA_0005", "Images/../../outside/omni_out.png", "Escape?", "Normal", ["Normal", "Glaucoma"]),
+        _omni_q("ACRIMA_0006", "/etc/hostname", "Absolute?", "Normal", ["Normal", "Glaucoma"]),
+        _omni_q("ACRIMA_0007", "Images/ACRIMA/link.png", "Symlink out?", "Normal", ["Normal", "Glaucoma"]),
+        _omni_q("ACRIMA_0008", "Images/ACRIMA/Im404_ACRIMA.png", "Missing image?", "Normal", ["Normal", "Glaucoma"]),
+        _omni_q("ACRIMA_0009", "Images/ACRIMA/broken.jpg", "Corrupt image?", "Normal", ["Normal", "Glaucoma"]),
+        "not an object",
+        _omni_q("ACRIMA_0010", a1, "One option only?", "Normal", ["Normal"]),
+    ]
+    write(root / "QA_information/Open-access/ACRIMA.json", json.dumps(acrima, indent=1))
+    ct = [_omni_q("Chest CT Scan_0000", "Images/Chest CT Scan/ct_001.png", "Which organ is shown?", "Lung",
+                  ["Liver", "Lung", "Kidney", "Brain"], question_type="Anatomy Identification")]
+    ct[0]["modality"] = ct[0].pop("modality_type").replace("Fundus Photography", "CT(Computed Tomography)")
+    write(root / "QA_information/Open-access/Chest CT Scan.json", json.dumps(ct))
+    aida = [_omni_q("AIDA_0000", "Images/AIDA/slide_01.png", "Which stain?", "H&E", ["IHC", "H&E", "PAS"],
+                    modality_type="Microscopy Images"),
+            _omni_q("AIDA_0001", "Images/AIDA/slide_02.png", "Which stain?", "IHC", ["IHC", "H&E", "PAS"],
+                    modality_type="Microscopy Images")]  # restricted access: the image is not shipped
+    write(root / "QA_information/Restricted-access/AIDA.json", json.dumps(aida))
+    letters = {"ACRIMA_0000": "D", "ACRIMA_0001": "A", "ACRIMA_0002": "C", "Chest CT Scan_0000": "B", "AIDA_0000": "B"}
+    return expect(16, {"vqa_closed": 5}, {"test": 5},
+                  {"invalid_value": 1, "missing_field": 2, "duplicate_id": 1, "path_escape": 3, "missing_file": 2,
+                   "truncated_image": 1, "malformed_json": 1},
+                  letters=letters, modalities={"ACRIMA_0000": "fundus", "Chest CT Scan_0000": "ct",
+                                               "AIDA_0000": "histology"})
+
+
+# --- GMAI-MMBench (VLMEvalKit's TSV, base64 images) --------------------------------------------------
+
+GMAI_COLUMNS = ["index", "question", "A", "B", "C", "D", "E", "answer", "image", "category", "l2-category",
+                "modality", "clinical VQA task", "department", "perceptual granularity", "split"]
+
+
+def b64_image(seed: int, **kw: Any) -> str:
+    import base64
+
+    return base64.b64encode(image_bytes(seed, BENCH_SIZE, **kw)).decode()
+
+
+def huge_png_b64() -> str:
+    """A 1-bit PNG of 8100 x 8100 pixels (over the 64 Mpx cap) in a few KB of base64."""
+    import base64
+
+    buf = io.BytesIO()
+    PILImage.new("1", (8100, 8100)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def gmai_row(index: Any, question: str, options: list[str], answer: str, image: str, split: str | None = "VAL",
+             **extra: str) -> dict[str, str]:
+    row = {"index": str(index), "question": question, "answer": answer, "image": image,
+           "category": "Disease Diagnosis", "l2-category": "", "modality": "CT",
+           "clinical VQA task": "Disease Diagnosis", "department": "Pulmonary Medicine",
+           "perceptual granularity": "Image Level", "split": split or ""}
+    row.update({k: v for k, v in zip("ABCDE", [*options, "", "", "", "", ""])})
+    row.update(extra)
+    return row
+
+
+def tsv(rows: list[dict[str, str]], columns: list[str] = GMAI_COLUMNS) -> bytes:
+    lines = ["\t".join(columns)] + ["\t".join(r.get(c, "") for c in columns) for r in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def build_gmai_mmbench(root: Path, tmp: Path) -> dict[str, Any]:
+    """VLMEvalKit's GMAI-MMBench_VAL.tsv and one TEST part; `letters` maps split/index -> letter."""
+    import base64
+
+    write_image(root / "imgs/meta_only.png", 820, size=BENCH_SIZE)
+    opts5 = ["Pneumonia", "Normal", "Nodule", "Effusion", "Fibrosis"]
+    val = [
+        gmai_row(1, "What abnormality is seen in this CT?", opts5, "B", b64_image(801)),
+        gmai_row(2, "Which finding is shown?", opts5[:4], "D", "1"),  # image shared with row 1 by index
+        gmai_row(3, "Which finding, again?", opts5[:3], "A", "14"),  # refers to a later row (its image_path)
+        gmai_row(4, "Bad base64?", opts5[:2], "A", "!" * 80),
+        gmai_row(5, "Seen by Dr. Quentin R. Marsh: which lobe?", ["Upper", "Middle", "Lower"], "c",
+                 b64_image(805, rgb=True), modality="X-ray"),
+        gmai_row(6, "Answer beyond the choices?", opts5[:3], "E", b64_image(806)),
+        gmai_row(1, "A second row with index 1?", opts5[:2], "A", b64_image(807)),
+        gmai_row(8, "", opts5[:2], "A", b64_image(808)),  # empty question
+        gmai_row(10, "Not an image?", opts5[:2], "A", base64.b64encode(b"just some text, not a PNG " * 4).decode()),
+        gmai_row(11, "Too many pixels?", opts5[:2], "A", huge_png_b64()),
+        gmai_row(13, "Escaping image_path?", opts5[:2], "A", "", image_path="../outside/x.png"),
+        gmai_row(14, "Meta-only row?", opts5[:2], "B", "", image_path="imgs/meta_only.png", modality="Dermoscopy"),
+    ]
+    data = tsv(val, GMAI_COLUMNS + ["image_path"])
+    data += b"9\ttoo few fields\n"
+    data += "12\tCaf\u00e9?\tA\tB\t\t\t\tA\t\t\t\t\t\t\t\t\tVAL\t\n".encode("latin-1")
+    write(root / "GMAI-MMBench_VAL.tsv", data)
+    test_cols = [c for c in GMAI_COLUMNS if c != "split"]
+    write(root / "GMAI_mm_bench_TEST_part_1.tsv", tsv([
+        gmai_row(1, "Which department?", opts5[:2], "A", b64_image(830), split=None),
+        gmai_row(2, "Refers to no row?", opts5[:2], "A", "999", split=None),
+    ], test_cols))
+    letters = {"val/1": "B", "val/2": "D", "val/3": "A", "val/5": "C", "val/14": "B", "test/1": "A"}
+    return expect(16, {"vqa_closed": 6}, {"val": 5, "test": 1},
+                  {"invalid_base64": 1, "invalid_value": 1, "duplicate_id": 1, "missing_field": 2, "not_an_image": 1,
+                   "image_too_large": 1, "path_escape": 1, "malformed_csv": 1, "invalid_encoding": 1},
+                  letters=letters, modalities={"val/1": "ct", "val/5": "xray", "val/14": "dermatology"})
+
+
 BUILDERS = {
     "slake": build_slake,
     "vqa_rad": build_vqa_rad,
@@ -395,6 +527,8 @@ BUILDERS = {
     "roco": build_roco,
     "imagefolder": build_imagefolder,
     "unimedvl_jsonl": build_unimedvl_jsonl,
+    "omnimedvqa": build_omnimedvqa,
+    "gmai_mmbench": build_gmai_mmbench,
 }
 
 

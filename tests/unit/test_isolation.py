@@ -72,7 +72,7 @@ STAGES = {
     "scrub": (base, "scrub_text"),
     "build": (Context, "record"),
 }
-APPLIES = {"read": set(BUILD) - {"path_vqa", "dicom", "phantom"}, "decode": set(BUILD) - {"dicom", "phantom"},
+APPLIES = {"read": set(BUILD) - {"path_vqa", "gmai_mmbench", "dicom", "phantom"}, "decode": set(BUILD) - {"dicom", "phantom"},
            "dicom_decode": {"dicom"}, "scrub": set(BUILD), "build": set(BUILD)}
 
 
@@ -88,7 +88,8 @@ def layouts(tmp_path_factory):
     return out
 
 
-# PathVQA reads image bytes from parquet cells and DICOM has its own decoder: no read_bytes stage.
+# PathVQA reads image bytes from parquet cells, GMAI-MMBench from base64 cells of a streamed TSV, and
+# DICOM has its own decoder: no read_bytes stage.
 @pytest.mark.parametrize("name,stage", [(n, s) for s in STAGES for n in sorted(APPLIES[s])])
 def test_failure_at_each_stage_quarantines_only_that_item(layouts, monkeypatch, name, stage):
     root, (good, bad) = layouts[name]

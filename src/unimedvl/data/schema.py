@@ -206,6 +206,7 @@ REASONS = {
     "invalid_text": "text is not well-formed UTF-8 (e.g. a lone surrogate escape)",
     "decode_error": "reading, decoding or building the item failed (the exception class is in the detail)",
     "oversized": "the decoded image would be larger than ingest.max_decoded_bytes",
+    "invalid_base64": "an image embedded as base64 text (a TSV cell) is not valid base64",
 }
 # Codes the qc step adds (src/unimedvl/qc names which check or expectation gives which code).
 QC_REASONS: dict[str, str] = {

@@ -79,6 +79,8 @@ DATASETS: dict[str, str] = {
     "vqa_rad": "VQA-RAD (Lau et al., 2018)",
     "path_vqa": "PathVQA (He et al., 2020)",
     "pmc_vqa": "PMC-VQA (Zhang et al., 2023)",
+    "omnimedvqa": "OmniMedVQA (Hu et al., 2024), multiple choice, test only",
+    "gmai_mmbench": "GMAI-MMBench (Chen et al., 2024) as VLMEvalKit distributes it, multiple choice",
     "iu_xray": "IU X-ray, R2Gen layout (Demner-Fushman et al., 2016)",
     "iu_xray_reports": "IU X-ray reports packaged in torchxrayvision (text only)",
     "mimic_cxr": "MIMIC-CXR (Johnson et al., 2019)",

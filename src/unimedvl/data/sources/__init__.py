@@ -13,6 +13,8 @@ SOURCES = {
     "vqa_rad": "vqa_rad",
     "path_vqa": "path_vqa",
     "pmc_vqa": "pmc_vqa",
+    "omnimedvqa": "omnimedvqa",
+    "gmai_mmbench": "gmai_mmbench",
     "iu_xray": "iu_xray",
     "mimic_cxr": "mimic_cxr",
     "roco": "roco",

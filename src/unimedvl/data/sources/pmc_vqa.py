@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .. import images
 from ..patterns import linear
-from ..schema import IMAGE_TOKEN, Quarantine, Record, Rejected
+from ..schema import Quarantine, Record, Rejected
+from . import _mcq
 from .base import Context
 from ._common import (
     ImageCache,
@@ -125,8 +126,7 @@ def _record(root: Path, ctx: Context, cache: ImageCache, resolved: dict[str, str
     if label not in choices:
         raise Rejected("invalid_value", f"Answer_label {label!r} is not one of the given choices {sorted(choices)}")
     img, touched = cache.load(_resolve(root, figure, resolved))
-    options = "\n".join(f"{k}: {v}" for k, v in choices.items())
-    human = f"{IMAGE_TOKEN}\n{question}\nChoices:\n{options}\nAnswer with the letter and text of the correct choice."
+    human, gpt = _mcq.turns(question, choices, label)
     caption = text_field(row, "Caption", required=False)
     return ctx.record(
         source_id=item,
@@ -135,7 +135,7 @@ def _record(root: Path, ctx: Context, cache: ImageCache, resolved: dict[str, str
         modality=modality_from_text(caption or f"{question} {choices[label]}"),
         license=LICENSE,
         source_uri=f"{item}#{figure}",
-        message=[("human", human), ("gpt", f"{label}: {choices[label]}")],
+        message=[("human", human), ("gpt", gpt)],
         input_img=[img],
         split=split,
         labels=scrub_labels({"answer": choices[label], "answer_label": label,
