@@ -133,7 +133,8 @@ def _rows(root: Path, rel: str, cap: int) -> Iterator[tuple[str, dict[str, str] 
         yield rel, Rejected("unreadable", f"{rel} could not be opened: {e.strerror or type(e).__name__}")
         return
     with fh:
-        reader = csv.reader(_lines(fh, cap), delimiter="\t")
+        # strict: a stray quote that would swallow the rows after it is an error here, not a silent merge
+        reader = csv.reader(_lines(fh, cap), delimiter="\t", strict=True)
         header: list[str] | None = None
         last_error_line = -1
         while True:
