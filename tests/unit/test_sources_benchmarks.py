@@ -237,3 +237,12 @@ def test_gmai_invalid_split_value_and_multi_image_cell(tmp_path):
     assert [(q.reason, "split" in q.detail or "list" in q.detail) for q in bad] == [("invalid_value", True)] * 2
     assert [r.split for r in records] == ["val"]
     assert base64.b64decode(img)  # the fixture's image is real base64
+
+
+def test_gmai_reads_only_gmai_tsvs_of_an_lmudata_folder(tmp_path):
+    rows = [fx.gmai_row(1, "Which?", ["x", "y"], "A", fx.b64_image(8))]
+    fx.write(tmp_path / "GMAI-MMBench_VAL.tsv", fx.tsv(rows))
+    fx.write(tmp_path / "GMAI-MMBench_VAL_local.tsv", fx.tsv(rows))  # VLMEvalKit's localised copy
+    fx.write(tmp_path / "MMBench_DEV_EN.tsv", fx.tsv([fx.gmai_row(7, "Other benchmark?", ["x", "y"], "A", "")]))
+    records, bad = _read("gmai_mmbench", tmp_path)
+    assert len(records) == 1 and bad == []

@@ -8,9 +8,12 @@ the `split` column and by `clinical VQA task`, `department` and `perceptual gran
 `ImageMCQDataset.build_prompt` takes the choices from the columns `A`, `B`, ... that are not empty
 and an optional `hint`; `answer` is the correct letter. `vlmeval/dataset/image_base.py` decodes
 `image` as base64, and an `image` of at most 64 characters is the `index` of another row whose image
-it shares; a meta-only TSV has `image_path` instead. Published users of the VAL file also read
-`category`, `modality` (and the MMBench family has `l2-category`). Column names are matched
-case-insensitively (VLMEvalKit lower-cases them), except the choice letters.
+it shares; a meta-only TSV has `image_path` instead (`vlmeval/smp/file.py`, `localize_df`, writes
+`X_local.tsv` with absolute `image_path`s: skipped beside `X.tsv`; alone, its rows are
+`path_escape`). Published users of the VAL file also read `category` and `modality` (the MMBench
+family has `l2-category`). Column names are matched case-insensitively (VLMEvalKit lower-cases
+them), except the choice letters. Only TSVs with "gmai" in their name are read: VLMEvalKit keeps
+every benchmark's TSV in one LMUData folder.
 
 Records: `vqa_closed`, split from the `split` column (VAL -> val, TEST -> test), else from the file
 name (`..._VAL.tsv`, `..._TEST_part_N.tsv`), else test. The human turn lists the choices and the
@@ -54,7 +57,13 @@ _OVERSIZED = "\x1funimedvl-oversized-line\x1f"
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.tsv") if not p.is_dir())
+    """The GMAI TSVs under `root`. VLMEvalKit keeps every benchmark's TSV in one LMUData folder, so only
+    names with "gmai" in them are read; `X_local.tsv` (VLMEvalKit's copy of `X.tsv` with the images
+    moved out to absolute paths) is skipped beside its original."""
+    found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.tsv")
+                   if "gmai" in p.name.lower() and not p.is_dir())
+    names = set(found)
+    return [f for f in found if not (f.endswith("_local.tsv") and f.removesuffix("_local.tsv") + ".tsv" in names)]
 
 
 @dataclass
@@ -69,8 +78,8 @@ class _File:
 def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
     files = _files(root)
     if not files:
-        yield ctx.reject(".", "missing_file", "no *.tsv file in the input folder (VLMEvalKit's GMAI-MMBench_VAL.tsv "
-                         "or GMAI_mm_bench_TEST_part_N.tsv)")
+        yield ctx.reject(".", "missing_file", "no GMAI *.tsv file in the input folder (VLMEvalKit's "
+                         "GMAI-MMBench_VAL.tsv or GMAI_mm_bench_TEST_part_N.tsv)")
         return
     cache = ImageCache(root, ctx.cfg.max_side)
     seen: dict[str, str] = {}  # split/index -> the item that used it first
