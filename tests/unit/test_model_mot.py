@@ -13,6 +13,7 @@ from unimedvl.model.mot import (
     KVCache,
     LanguageModel,
     Routing,
+    SampleBlocks,
     attend,
     dense_reference_attention,
 )
@@ -65,6 +66,61 @@ def test_mask_matches_the_rules():
 def _qkv(n, hq=4, hkv=2, d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(hq, n, d, generator=g), torch.randn(hkv, n, d, generator=g), torch.randn(hkv, n, d, generator=g))
+
+
+def test_per_sample_path_equals_dense_reference_with_gradients():
+    """SampleBlocks (the CPU path for packs of several samples) gives the reference's outputs and
+    gradients, also when the sample ids do not rise along the pack (the rows must go back in order)."""
+    layout = AttentionLayout.from_splits(SPLITS)
+    relabelled = AttentionLayout(torch.tensor([2, 0, 1])[layout.sample], layout.split, layout.full, layout.noise)
+    for lay in (layout, relabelled):
+        mask = reference_mask(SPLITS)
+        q, k, v = (t.requires_grad_() for t in _qkv(len(lay)))
+        ref = dense_reference_attention(q, k, v, mask)
+        weights = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2))
+        (ref * weights).sum().backward()
+        ref_grads = [t.grad.clone() for t in (q, k, v)]
+        for t in (q, k, v):
+            t.grad = None
+        out = attend(q, k, v, SampleBlocks.from_layout(lay))
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        (out * weights).sum().backward()
+        for got, want in zip((q.grad, k.grad, v.grad), ref_grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_whole_model_per_sample_path_equals_one_dense_mask():
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny"]).eval()
+    a, b = _samples(model.cfg)
+    batch = pack([a, b, a], model.cfg)
+    assert isinstance(model.attention_mask(batch.layout), SampleBlocks)
+    noise = torch.randn(16, model.cfg.patch_latent_dim)
+    with torch.no_grad():
+        blocks, _ = model.hidden_states(batch, timesteps=torch.tensor([0.5]), noise=noise)
+        model.attention = "sdpa"
+        dense, _ = model.hidden_states(batch, timesteps=torch.tensor([0.5]), noise=noise)
+    torch.testing.assert_close(blocks, dense, rtol=1e-4, atol=1e-5)
+
+
+def test_vit_batches_images_of_one_size_like_the_block_diagonal_mask():
+    from unimedvl.model.vision import block_diagonal_mask
+
+    torch.manual_seed(0)
+    vit = build_model(PRESETS["tiny"]).vit_model.vision_model.eval()
+    p = vit.cfg.patches_per_side ** 2
+    patches = torch.randn(3 * p, vit.embeddings.patch_embedding.in_features)
+    pos = torch.arange(p).repeat(3)
+    with torch.no_grad():
+        batched = vit(patches, pos, [p, p, p])
+        x = vit.embeddings(patches, pos)
+        mask = block_diagonal_mask([p, p, p], x.device)
+        for layer in vit.encoder.layers:
+            x = layer(x, mask)
+        masked = vit.post_layernorm(x)
+        alone = vit(patches[:p], pos[:p], [p])
+    torch.testing.assert_close(batched, masked, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched[:p], alone, rtol=1e-4, atol=1e-5)
 
 
 def test_sdpa_path_equals_dense_reference():

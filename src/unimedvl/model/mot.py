@@ -81,6 +81,42 @@ class AttentionLayout:
                                  device=self.sample.device, BLOCK_SIZE=block_size)
 
 
+@dataclass
+class SampleBlocks:
+    """The packed sequence's attention run sample by sample, as one padded batch [B, heads, L, L].
+
+    Samples never see each other, so the dense [N, N] product spends all but sum(L_i^2) of its N^2
+    work on masked pairs; this one costs B * max(L_i)^2. On a CPU, a 1,024-token pack of eight
+    samples runs its attention (forward and backward) about 10x faster this way. `index` [B, L]
+    holds each sample's token positions (padding repeats position 0), `valid` [B, L] marks the real
+    ones, `mask` [B, 1, L, L] is the layout's rule inside each sample, and `inverse` [N] puts the
+    padded batch's rows back in packed order.
+    """
+
+    index: torch.Tensor
+    valid: torch.Tensor
+    mask: torch.Tensor
+    inverse: torch.Tensor
+
+    @classmethod
+    def from_layout(cls, layout: AttentionLayout) -> SampleBlocks:
+        sample = layout.sample
+        dev, n = sample.device, len(layout)
+        counts = torch.bincount(sample)
+        nb, width = int(counts.numel()), int(counts.max())
+        order = torch.argsort(sample, stable=True)
+        owner = sample[order]
+        rank = torch.arange(n, device=dev) - (torch.cumsum(counts, 0) - counts)[owner]
+        index = torch.zeros(nb, width, dtype=torch.long, device=dev)
+        valid = torch.zeros(nb, width, dtype=torch.bool, device=dev)
+        index[owner, rank] = order
+        valid[owner, rank] = True
+        allowed = layout.mask_mod()(None, None, index[:, :, None], index[:, None, :]) & valid[:, None, :]
+        # A padding row attends to itself only, so that no softmax row is empty; its output is dropped.
+        allowed |= (~valid)[:, :, None] & torch.eye(width, dtype=torch.bool, device=dev)
+        return cls(index, valid, allowed[:, None], torch.argsort(order))
+
+
 _compiled_flex: Callable | None = None
 
 
@@ -116,7 +152,14 @@ class PaddedAttention:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
     """Grouped-query attention q [Hq, N, d], k/v [Hkv, Nk, d] under a bool mask, a BlockMask, a
-    PaddedAttention, or none."""
+    PaddedAttention, SampleBlocks, or none."""
+    if isinstance(mask, SampleBlocks):
+        hq, n, d = q.shape
+        if k.shape[1] != n:
+            raise ValueError("SampleBlocks covers a packed sequence without a cache (keys = queries)")
+        qb, kb, vb = (t[:, mask.index].transpose(0, 1) for t in (q, k, v))  # [B, H, L, d]
+        y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask.mask, enable_gqa=hq != k.shape[0])
+        return y.transpose(0, 1)[:, mask.valid][:, mask.inverse]
     if isinstance(mask, PaddedAttention):
         hq, n, d = q.shape
         qb = q.view(hq, mask.nb, mask.block, d).transpose(0, 1)  # [nb, Hq, block, d]

@@ -24,7 +24,7 @@ from .autoencoder import (
     patchify_latent,
 )
 from .config import ModelConfig
-from .mot import AttentionLayout, KVCache, LanguageModel, Routing
+from .mot import AttentionLayout, KVCache, LanguageModel, Routing, SampleBlocks
 from .tokenizer import SpecialTokens
 from .vision import MLPConnector, VisionModel, patchify_image
 
@@ -251,7 +251,7 @@ class UniMedVL(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.special = special
-        self.attention = attention  # auto (flex on GPU, sdpa on CPU) | sdpa | flex
+        self.attention = attention  # auto (flex on GPU; on CPU per-sample sdpa) | sdpa (one dense mask) | flex
         # Every module runs on every forward (zero-row or dummy inputs where a batch has none of its
         # tokens): ZeRO-3 gathers a module's parameters collectively when it runs (train/ray_job.py).
         self.uniform_calls = False
@@ -363,7 +363,11 @@ class UniMedVL(nn.Module):
 
     def attention_mask(self, layout: AttentionLayout):
         use_flex = self.attention == "flex" or (self.attention == "auto" and layout.sample.is_cuda)
-        return layout.block_mask() if use_flex else layout.dense()
+        if use_flex:
+            return layout.block_mask()
+        if self.attention == "auto" and len(layout) and int(layout.sample.max()) > 0:
+            return SampleBlocks.from_layout(layout)  # several samples: per-sample attention, not N^2
+        return layout.dense()
 
     def hidden_states(self, batch: PackedBatch, **kw) -> tuple[torch.Tensor, dict]:
         seq, routing, extra = self.embed(batch, **kw)

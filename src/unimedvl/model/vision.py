@@ -54,8 +54,15 @@ class VisionAttention(nn.Module):
         self.v_proj = nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | int | None) -> torch.Tensor:
+        """`mask`: a bool [N, N] mask, None (one image), or the patch count of images of one size: then
+        they attend as a batch [images, heads, patches, patches], not one masked [N, N] product."""
         n, d = x.shape
+        if isinstance(mask, int):
+            q, k, v = (m(x).view(n // mask, mask, self.num_heads, -1).transpose(1, 2)
+                       for m in (self.q_proj, self.k_proj, self.v_proj))
+            y = F.scaled_dot_product_attention(q, k, v)
+            return self.out_proj(y.transpose(1, 2).reshape(n, d))
         q, k, v = (m(x).view(n, self.num_heads, -1).transpose(0, 1) for m in (self.q_proj, self.k_proj, self.v_proj))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(y.transpose(0, 1).reshape(n, d))
@@ -83,7 +90,7 @@ class VisionLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = VisionMLP(cfg)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | int | None) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x), mask)
         return x + self.mlp(self.layer_norm2(x))
 
@@ -108,7 +115,12 @@ class VisionTransformer(nn.Module):
 
     def forward(self, patches: torch.Tensor, position_ids: torch.Tensor, seqlens: list[int]) -> torch.Tensor:
         x = self.embeddings(patches, position_ids)
-        mask = block_diagonal_mask(seqlens, x.device) if len(seqlens) > 1 else None
+        if len(seqlens) <= 1:
+            mask: torch.Tensor | int | None = None
+        elif len(set(seqlens)) == 1:
+            mask = seqlens[0]  # images of one size (the stage's resolution): a plain batch
+        else:
+            mask = block_diagonal_mask(seqlens, x.device)
         for layer in self.encoder.layers:
             x = layer(x, mask)
         return self.post_layernorm(x)
