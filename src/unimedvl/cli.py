@@ -396,7 +396,7 @@ def evaluate(
     ablation: Annotated[bool, typer.Option("--ablation", help="Also run the synergy ablation (about an hour of CPU): "
                                            "unified vs generation-only vs understanding-only training, written to docs/synergy.md.")] = False,
     autoencoder: Annotated[Path, typer.Option("--autoencoder", help="Ablation: the autoencoder folder the variants start from.")] = Path("models/autoencoder"),
-    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Ablation seeds (repeatable; default 0 1 2).")] = None,
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Ablation seeds (repeatable; default pipeline.ablation.seeds).")] = None,
     ablation_dir: Annotated[Path, typer.Option("--ablation-dir", help="Ablation: working folder for the variants.")] = Path("build/ablation"),
 ) -> None:
     """Score a model: VQA (test split + phantom benchmark, blind and majority baselines), reports,
@@ -421,10 +421,13 @@ def evaluate(
     if ok == 0:
         _fail("no metric could be computed: see the reasons in metrics.json", 1)
     if ablation:
-        from .evaluate.synergy import run_ablation
+        from .evaluate.synergy import SynergyError, run_ablation
 
-        rows = run_ablation(data, bench, judge_dir, autoencoder, ablation_dir, _eval_params(params),
-                            seeds=tuple(seeds or (0, 1, 2)), progress=progress)
+        try:
+            rows = run_ablation(data, bench, judge_dir, autoencoder, ablation_dir, _eval_params(params),
+                                seeds=tuple(seeds) if seeds else None, progress=progress)
+        except SynergyError as e:
+            _fail(str(e), 1)
         typer.echo(f"wrote docs/synergy.md ({len(rows)} rows)")
 
 

@@ -24,8 +24,7 @@ LEAN = {"train_profile": "smoke", "ingest_phantom_count": PHANTOMS, "autoencoder
         "params_override": f"ingest:\n  sources: [{{name: phantom}}]\n  split_fractions: {json.dumps(SPLITS)}\n"
                            "evaluate:\n  max_test_items: 10\n  judge: {min_auroc: 0.5}\n"
                            "  benchmark: {finding_questions: 24, open_questions: 6, report_prompts: 6, generation_per_finding: 4,"
-                           " counterfactual_pairs: 4, super_resolution_pairs: 4, cross_modal_pairs: 4}\n"
-                           "pipeline:\n  ablation: {seeds: [0], max_steps: 2}\n"}
+                           " counterfactual_pairs: 4, super_resolution_pairs: 4, cross_modal_pairs: 4}\n"}
 
 
 def _run(root, arguments, smoke_pipeline, pipeline=None):
@@ -73,10 +72,8 @@ def kfp_lean(tmp_path_factory, smoke_pipeline):
 
 @pytest.fixture(scope="session")
 def kfp_run(tmp_path_factory, smoke_pipeline):
-    # Without the ablation branch: evaluate.synergy.run_ablation's understanding_only variant finds no
-    # task category of its masked mixture in this phantom-only data (reported to eval); the branch's
-    # wiring is checked on the compiled pipeline.
-    return _run(tmp_path_factory.mktemp("kfp"), {**LEAN, "run_ablation": False}, smoke_pipeline)
+    # With the ablation branch, at the smoke profile's budget (pipeline.ablation: one seed, capped steps).
+    return _run(tmp_path_factory.mktemp("kfp"), LEAN, smoke_pipeline)
 
 
 def shard_hashes(folder: Path) -> list[str]:
@@ -170,9 +167,24 @@ def test_run_local_model_folders_load_and_artefacts_render(kfp_run):
     assert qc["accepted"] + qc["quarantined"] == qc["seen"] > 0
     page = (run / "qc" / "report").read_text()
     assert "data:image/png;base64," in page and not re.search(r"""src=["'][^"':]+\.png""", page)
-    # The exit handler closed the MLflow parent runs of this KFP run (and of its ablation branch).
+    # The ablation branch ran (run_ablation=True): each variant trained and was evaluated on the smoke
+    # profile's one seed, the table is the Markdown artefact and its mean deltas the Metrics.
+    from unimedvl.pipeline.params import effective, resolve
+
+    params = effective(resolve({"train_profile": "smoke"}, LEAN["params_override"]))
+    cap = params.pipeline.ablation.max_steps  # the variants train the profile's stage steps, capped
+    assert params.pipeline.ablation.seeds == (0,) and cap < params.stage3.steps
+    table = (run / "ablation" / "table").read_text()
+    assert "| `vqa.finding.accuracy` | understanding_only |" in table and f"Seeds 0; steps per stage as in params.yaml (capped at {cap})" in table
+    for variant in ("unified", "generation_only", "understanding_only"):
+        work = run / "ablation" / ".table-work" / f"{variant}-seed0"
+        assert load_metrics(work / "eval" / "metrics.json").computed() > 0, variant
+        assert json.loads((work / "checkpoints" / "stage3" / "result.json").read_text())["steps"] == cap, variant
+    deltas = json.loads((run / "ablation" / "metrics").read_text())
+    assert "understanding_only.vqa.finding.accuracy" in deltas
+    # The exit handler closed the MLflow parent runs of this KFP run and of its ablation branch.
     parent_runs(run, env, lambda rid: [(rid, {"qc", "heldout", "tokenizer", "autoencoder", "stage1", "stage2", "stage3",
-                                              "evaluate"}, True)])
+                                              "evaluate"}, True), (f"{rid}:ablation", {"stage1", "stage2", "stage3"}, False)])
 
 
 @pytest.mark.slow
