@@ -126,6 +126,11 @@ def test_pipeline_interface_for_the_ui():
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert k8s["exec-autoencoder"]["nodeSelector"]["labels"] and k8s["exec-autoencoder"]["tolerations"]
     assert k8s["exec-ingest"]["secretAsEnv"][1]["secretName"] == "unimedvl-deid-key"
+    # promote's push to the GitOps repository: its URL and branch in the form, the token from a Secret.
+    assert {"pipeline_gitops_repo_url", "pipeline_gitops_branch"} <= set(params)
+    gitops = [s for s in k8s["exec-promote"]["secretAsEnv"] if s["secretName"] == "unimedvl-gitops"]
+    assert gitops and {m["secretKey"] for m in gitops[0]["keyToEnv"]} == {"UNIMEDVL_GIT_USERNAME", "UNIMEDVL_GIT_TOKEN"}
+    assert "UNIMEDVL_GIT_TOKEN" not in str(ir["deploymentSpec"]["executors"]["exec-promote"])  # only the Secret's reference
     tasks = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert all(t["retryPolicy"]["maxRetryCount"] >= 1 for t in tasks.values() if "componentRef" in t and "condition" not in t["componentRef"]["name"])
     assert ir["root"]["dag"]["tasks"]["close-run"]["cachingOptions"] == {}
