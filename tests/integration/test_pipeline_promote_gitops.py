@@ -99,3 +99,22 @@ def test_gitops_settings_refuse_credentials_in_the_url():
     assert PipelineGitopsConfig(repo_url="ssh://git@git.example.org/platform/unimedvl.git").repo_url
     with pytest.raises(ValidationError, match="only {name} and {version}"):
         PipelineGitopsConfig(branch="promote/{model}")
+
+
+def test_cli_push_needs_a_repository_and_s3(tmp_path, monkeypatch):
+    """`unimedvl promote --push` calls the same promote_and_push; without a repository or S3 it says which."""
+    from typer.testing import CliRunner
+
+    from unimedvl.cli import app
+
+    for k in ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(k, raising=False)
+    params = tmp_path / "params.yaml"
+    params.write_text("tracking: {enabled: false}\n")
+    res = CliRunner().invoke(app, ["promote", "--push", "--params", str(params)])
+    assert res.exit_code == 1 and "set pipeline.gitops.repo_url" in res.output
+    params.write_text("tracking: {enabled: false}\npipeline: {gitops: {repo_url: 'file:///nowhere.git'}}\n")
+    res = CliRunner().invoke(app, ["promote", "--push", "--params", str(params)])
+    assert res.exit_code == 1 and "needs S3 mode" in res.output
+    res = CliRunner().invoke(app, ["promote", "--push", "--commit-branch", "x", "--params", str(params)])
+    assert res.exit_code == 1 and "give one of --push" in res.output

@@ -136,6 +136,8 @@ def promote_and_push(params: Params, params_path: str | Path = "params.yaml") ->
     same commit as `--commit-branch` (`gitops.commit_on_branch`) in a fresh clone; Argo CD syncs it once
     merged. A failing candidate pushes nothing. Credentials: env UNIMEDVL_GIT_USERNAME / UNIMEDVL_GIT_TOKEN."""
     g = params.pipeline.gitops
+    if not g.repo_url:
+        raise PromoteError("no GitOps repository to push to: set pipeline.gitops.repo_url (the repository Argo CD syncs)")
     if not s3_configured():
         raise PromoteError(f"pushing to {g.repo_url} needs S3 mode (the overlay pins the model's S3 copy): set "
                            "AWS_ENDPOINT_URL (or MLFLOW_S3_ENDPOINT_URL) and AWS_* credentials, or pipeline.gitops.repo_url: ''")
