@@ -16,13 +16,12 @@ from tests.pipeline_fixture import PHANTOMS, SPLITS
 REPO = Path(__file__).resolve().parents[2]
 KEY = "kfp-local-test-key"  # the dvc comparison's
 # The shared smoke pipeline's data (tests/pipeline_fixture.py: phantoms only, its splits), two training
-# steps per stage and a small evaluation. The judge keeps the smoke size; its gate is lowered to the
-# floor the config allows, 0.5: at smoke size the small findings (nodule, lesion) stay near 0.53, below
-# the 0.95 default (eval's tests cover the judge's quality; these cover the orchestration).
+# steps per stage and a small evaluation. The judge keeps the smoke profile's settings and the default
+# gate (evaluate.judge.min_auroc 0.95), which they pass.
 LEAN = {"train_profile": "smoke", "ingest_phantom_count": PHANTOMS, "autoencoder_steps": 3, "stage1_steps": 2,
         "stage2_steps": 2, "stage3_steps": 2, "run_ablation": True,
         "params_override": f"ingest:\n  sources: [{{name: phantom}}]\n  split_fractions: {json.dumps(SPLITS)}\n"
-                           "evaluate:\n  max_test_items: 10\n  judge: {min_auroc: 0.5}\n"
+                           "evaluate:\n  max_test_items: 10\n"
                            "  benchmark: {finding_questions: 24, open_questions: 6, report_prompts: 6, generation_per_finding: 4,"
                            " counterfactual_pairs: 4, super_resolution_pairs: 4, cross_modal_pairs: 4}\n"}
 
@@ -156,7 +155,8 @@ def test_run_local_model_folders_load_and_artefacts_render(kfp_run):
     cm = out["artifacts"]["confusion"]["artifacts"][0]["metadata"]
     assert cm.get("confusionMatrix", {}).get("rows") or cm.get("status", "").startswith("unavailable")
     assert "<html" in (run / "evaluate" / "report").read_text().lower()
-    assert json.loads((run / "judge" / "metrics").read_text())["auroc.cardiomegaly"] >= 0.9
+    judged = json.loads((run / "judge" / "metrics").read_text())
+    assert len([k for k in judged if k.startswith("auroc.")]) == 6 and all(v >= 0.95 for k, v in judged.items() if k.startswith("auroc."))
     # register made a model version over stage3's run; promote decided on it and wrote the model card.
     version = json.loads((run / "register" / "executor_output.json").read_text())["artifacts"]["version"]["artifacts"][0]["metadata"]
     assert version["name"] == "unimedvl" and int(version["version"]) >= 1
