@@ -6,6 +6,7 @@ loopback S3 (tests/integration/conftest.py), as the registry tests use."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -118,3 +119,19 @@ def test_cli_push_needs_a_repository_and_s3(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "needs S3 mode" in res.output
     res = CliRunner().invoke(app, ["promote", "--push", "--commit-branch", "x", "--params", str(params)])
     assert res.exit_code == 1 and "give one of --push" in res.output
+
+
+def test_push_credentials_come_from_the_environment(monkeypatch):
+    """The credential helper git runs answers with the Secret's env values; the token is in no argument."""
+    from unimedvl.promote.gitops import credential_config
+
+    monkeypatch.delenv("UNIMEDVL_GIT_TOKEN", raising=False)
+    assert credential_config() == []
+    token = "tok-" + "x" * 20  # pragma: allowlist secret
+    monkeypatch.setenv("UNIMEDVL_GIT_USERNAME", "promote-bot")
+    monkeypatch.setenv("UNIMEDVL_GIT_TOKEN", token)
+    config = credential_config()
+    assert token not in " ".join(config)
+    out = subprocess.run(["git", *config, "credential", "fill"], input="protocol=https\nhost=git.example.org\n\n",
+                         capture_output=True, text=True, timeout=30, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    assert out.returncode == 0 and "username=promote-bot" in out.stdout and f"password={token}" in out.stdout

@@ -130,9 +130,13 @@ _CREDENTIAL_HELPER = (f'!f() {{ test "$1" = get || exit 0; echo "username=${{{GI
                       f'echo "password=${GIT_TOKEN_ENV}"; }}; f')
 
 
+def credential_config() -> list[str]:
+    """git `-c` options that answer HTTPS credential prompts from the environment (none without a token)."""
+    return ["-c", "credential.helper=", "-c", f"credential.helper={_CREDENTIAL_HELPER}"] if os.environ.get(GIT_TOKEN_ENV) else []
+
+
 def _git(*args: str, cwd: Path | None = None) -> str:
-    config = ["-c", "credential.helper=", "-c", f"credential.helper={_CREDENTIAL_HELPER}"] if os.environ.get(GIT_TOKEN_ENV) else []
-    done = subprocess.run(["git", *config, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+    done = subprocess.run(["git", *credential_config(), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
     if done.returncode:
         raise OverlayError(f"git {args[0]} failed: {done.stderr.strip()[-800:]}")
