@@ -84,10 +84,18 @@ def test_promote_step_pushes_the_overlay_change_as_a_review_branch(project, remo
     assert (root / "infra/overlays/staging/inferenceservice-patch.yaml").read_text() == committed
     decision = json.loads((out / "promote" / "decision").read_text())
     assert decision["pushed"]["branch"] == branch and decision["overlay"] == "infra/overlays/staging"
-    # An existing review branch is never overwritten: the second push of the same version fails, saying so.
+    # An existing review branch is never overwritten: with a reviewer's commit on it, promoting the same
+    # version again fails, saying so, and the reviewer's commit stays.
+    other = tmp_path / "reviewer"
+    _git("clone", "-q", remote.as_uri(), str(other))  # main
+    (other / "NOTE.md").write_text("reviewed\n")
+    _git("add", "NOTE.md", cwd=other)
+    _git("-c", "user.name=r", "-c", "user.email=r@r", "commit", "-qm", "review note", cwd=other)
+    reviewed = _git("rev-parse", "HEAD", cwd=other)
+    _git("push", "-q", "-f", "origin", f"HEAD:refs/heads/{branch}", cwd=other)
     with pytest.raises(OverlayError, match="never overwritten"):
         promote()
-    assert _git("--git-dir", str(remote), "rev-parse", branch) == result["commit"]
+    assert _git("--git-dir", str(remote), "rev-parse", branch) == reviewed
 
 
 def test_gitops_settings_refuse_credentials_in_the_url():
