@@ -19,11 +19,14 @@ def register(model: Input[Model], results: Input[Artifact], data: Input[Dataset]
 @step()
 def promote(version: Input[Artifact], results: Input[Artifact], data: Input[Dataset], benchmark: Input[Dataset],
             judge: Input[Model], decision: Output[Artifact], card: Output[Markdown], metrics: Output[Metrics],
-            promote_environment: str, promote_commercial: bool, train_profile: str, params_override: str = "",
+            promote_environment: str, promote_commercial: bool, pipeline_gitops_repo_url: str,
+            pipeline_gitops_base_branch: str, pipeline_gitops_branch: str, train_profile: str, params_override: str = "",
             run_id: str = ""):
-    """Gates on metrics.json (promote.gates, licences), then the alias, the overlay, the audit log, the model card."""
+    """Gates on metrics.json (promote.gates, licences), then the alias, the overlay, the audit log, the model card;
+    with a GitOps repository (S3 mode) the overlay change is pushed there as a review branch."""
     from unimedvl.pipeline.steps_release import promote_step
 
     promote_step(version, results, data, benchmark, judge, decision, card, metrics,
                  dict(promote_environment=promote_environment, promote_commercial=promote_commercial,
-                      train_profile=train_profile), params_override, run_id)
+                      pipeline_gitops_repo_url=pipeline_gitops_repo_url, pipeline_gitops_base_branch=pipeline_gitops_base_branch,
+                      pipeline_gitops_branch=pipeline_gitops_branch, train_profile=train_profile), params_override, run_id)

@@ -15,6 +15,7 @@ from kfp import dsl, kubernetes
 import components as C
 from components._base import IMAGE, PARAMS
 from unimedvl.pipeline.params import defaults
+from unimedvl.promote.gitops import GIT_TOKEN_ENV, GIT_USERNAME_ENV
 from unimedvl.storage import S3Settings
 
 P = PARAMS.pipeline
@@ -22,7 +23,8 @@ P = PARAMS.pipeline
 ROOT = S3Settings.from_config(PARAMS.storage, env={}).pipeline_root
 FORM = ["train_profile", "ingest_phantom_count", "autoencoder_steps", "stage1_steps", "stage1_lr", "stage2_steps",
         "stage2_lr", "stage3_steps", "stage3_lr", "pipeline_gpus_stage1",
-        "pipeline_gpus_stage2", "pipeline_gpus_stage3", "pipeline_image_tag", "pipeline_train_executor"]
+        "pipeline_gpus_stage2", "pipeline_gpus_stage3", "pipeline_image_tag", "pipeline_train_executor",
+        "pipeline_gitops_repo_url", "pipeline_gitops_branch"]
 D = defaults(FORM, PARAMS)
 TRAINING = ("autoencoder", "stage1", "stage2", "stage3", "ablation")
 UNCACHED = ("register", "promote")  # registry state lives outside the artefacts: always re-run
@@ -43,6 +45,8 @@ def _task(component, form: dict[str, Any], **artefacts) -> dsl.PipelineTask:
     kubernetes.use_secret_as_env(task, P.s3_secret, {k: k for k in S3_ENV}, optional=True)
     if name == "ingest":
         kubernetes.use_secret_as_env(task, P.key_secret, {"UNIMEDVL_SECRET_KEY": "UNIMEDVL_SECRET_KEY"})
+    if name == "promote":  # the GitOps push's HTTPS credentials (optional: a public or file:// remote needs none)
+        kubernetes.use_secret_as_env(task, P.gitops.secret, {k: k for k in (GIT_USERNAME_ENV, GIT_TOKEN_ENV)}, optional=True)
     # The GPU pool: in-pod training steps request GPUs; with the rayjob executor stage1-3 (and the
     # ablation) only submit a RayJob, whose GPU workers carry the same selectors (unimedvl.pipeline.rayjob).
     in_pod = name in ("autoencoder", "ablation") or (name in TRAINING and P.train_executor == "local")
@@ -107,6 +111,8 @@ def build(retries: int = P.retries):
         pipeline_gpus_stage3: int = D["pipeline_gpus_stage3"],
         pipeline_image_tag: str = D["pipeline_image_tag"],
         pipeline_train_executor: str = D["pipeline_train_executor"],
+        pipeline_gitops_repo_url: str = D["pipeline_gitops_repo_url"],
+        pipeline_gitops_branch: str = D["pipeline_gitops_branch"],
         run_ablation: bool = False,
         params_override: str = "",
     ):
@@ -128,6 +134,8 @@ def build(retries: int = P.retries):
             pipeline_gpus_stage3: GPU workers of stage 3's RayJob (and the ablation's).
             pipeline_image_tag: Tag of the CPU and GPU images (components/images/lock.yaml, make images).
             pipeline_train_executor: rayjob (a KubeRay RayJob per stage) or local (train in the step's pod).
+            pipeline_gitops_repo_url: GitOps repository promote pushes the staging overlay's change to (review branch); empty = no push.
+            pipeline_gitops_branch: That review branch ({name} and {version} of the candidate are filled in).
             run_ablation: Also run the synergy ablation (evaluate/synergy.py: three training variants, evaluated).
             params_override: YAML text merged over params.yaml last, e.g. "qc: {min_side: 64}"; validated.
         """

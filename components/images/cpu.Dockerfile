@@ -24,11 +24,17 @@ LABEL org.opencontainers.image.title="unimedvl-cpu" \
       org.opencontainers.image.version="$VERSION" \
       org.opencontainers.image.source="https://github.com/unimedvl/unimedvl" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --gid 10001 unimedvl && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin unimedvl
+# git: promote pushes the staging overlay's change to the GitOps repository (pipeline.gitops).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git=1:2.39.5-0+deb12u3 \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 unimedvl && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin unimedvl
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/wheels /app/build/wheels
 WORKDIR /app
 COPY params.yaml dvc.yaml ./
+# promote.overlay (infra/overlays/staging) and the bases it builds on: what promote rewrites without a GitOps repository.
+COPY infra ./infra
 RUN chown -R 10001:10001 /app
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 UNIMEDVL_PARAMS=/app/params.yaml HOME=/home/unimedvl
 USER 10001

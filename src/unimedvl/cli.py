@@ -279,6 +279,7 @@ def promote_cmd(
     rollback: Annotated[bool, typer.Option("--rollback", help="Restore the previous staging version (alias and overlay).")] = False,
     to: Annotated[str | None, typer.Option("--to", help="'production': set the champion alias to the current staging version.")] = None,
     commit_branch: Annotated[str | None, typer.Option("--commit-branch", help="Commit the rewritten staging overlay on this new branch for review (S3 mode).")] = None,
+    push: Annotated[bool, typer.Option("--push", help="Push the rewritten staging overlay to the GitOps repository pipeline.gitops.repo_url as the review branch pipeline.gitops.branch (S3 mode; token from env UNIMEDVL_GIT_TOKEN).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when the candidate is rejected (default: exit 0 and record the decision).")] = False,
     params: Annotated[Path, typer.Option(help="params.yaml to read `promote`, `register`, `storage` and `tracking` from.")] = Path("params.yaml"),
 ) -> None:
@@ -313,11 +314,14 @@ def promote_cmd(
                 raise promotion.PromoteError(f"--to takes 'production' (got {to!r})")
             result = promotion.to_production(p)
         else:
-            result = promotion.promote(p, params, commit_branch=commit_branch)
+            if push and commit_branch:
+                raise promotion.PromoteError("give one of --push (pipeline.gitops.branch) and --commit-branch")
+            result = promotion.promote_and_push(p, params) if push else promotion.promote(p, params, commit_branch=commit_branch)
             failed = [g["gate"] + ": " + (g["reason"] or "") for g in result["gates"] if not g["passed"]]
             typer.echo(json.dumps({"passed": result["passed"], "version": result["candidate"]["version"],
                                    "mode": result["mode"], "uploaded": result["uploaded"],
-                                   "aliases": result["aliases"], "failed": failed}))
+                                   "aliases": result["aliases"], "failed": failed,
+                                   **({"pushed": result["pushed"]} if result.get("pushed") else {})}))
             if not result["passed"] and strict:
                 raise typer.Exit(promotion.EXIT_REJECTED_STRICT)
             return
@@ -396,7 +400,7 @@ def evaluate(
     ablation: Annotated[bool, typer.Option("--ablation", help="Also run the synergy ablation (about an hour of CPU): "
                                            "unified vs generation-only vs understanding-only training, written to docs/synergy.md.")] = False,
     autoencoder: Annotated[Path, typer.Option("--autoencoder", help="Ablation: the autoencoder folder the variants start from.")] = Path("models/autoencoder"),
-    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Ablation seeds (repeatable; default 0 1 2).")] = None,
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Ablation seeds (repeatable; default pipeline.ablation.seeds).")] = None,
     ablation_dir: Annotated[Path, typer.Option("--ablation-dir", help="Ablation: working folder for the variants.")] = Path("build/ablation"),
 ) -> None:
     """Score a model: VQA (test split + phantom benchmark, blind and majority baselines), reports,
@@ -421,10 +425,13 @@ def evaluate(
     if ok == 0:
         _fail("no metric could be computed: see the reasons in metrics.json", 1)
     if ablation:
-        from .evaluate.synergy import run_ablation
+        from .evaluate.synergy import SynergyError, run_ablation
 
-        rows = run_ablation(data, bench, judge_dir, autoencoder, ablation_dir, _eval_params(params),
-                            seeds=tuple(seeds or (0, 1, 2)), progress=progress)
+        try:
+            rows = run_ablation(data, bench, judge_dir, autoencoder, ablation_dir, _eval_params(params),
+                                seeds=tuple(seeds) if seeds else None, progress=progress)
+        except SynergyError as e:
+            _fail(str(e), 1)
         typer.echo(f"wrote docs/synergy.md ({len(rows)} rows)")
 
 

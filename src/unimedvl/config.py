@@ -316,6 +316,36 @@ class PipelineAblationConfig(_Strict):
     max_steps: int | None = Field(None, gt=0, description="cap on each variant stage's steps (null: the stage's own)")
 
 
+class PipelineGitopsConfig(_Strict):
+    """Where promote (S3 mode, on the cluster) pushes the staging overlay's change as a review branch
+    (`unimedvl.promote.promotion.promote_and_push`); the HTTPS credentials come from the Secret `secret`
+    as env UNIMEDVL_GIT_USERNAME / UNIMEDVL_GIT_TOKEN, never from the URL or the repository."""
+
+    repo_url: str = ""  # "" = no push: the overlay change stays in the task's container
+    base_branch: str = "main"
+    branch: str = "promote/{name}-{version}"  # the review branch; {name} and {version} of the candidate
+    secret: str = "unimedvl-gitops"
+
+    @field_validator("repo_url")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        import re
+
+        if re.match(r"^[a-z][a-z0-9+.-]*://[^/@]*@", v) and not v.startswith("ssh://"):
+            raise ValueError("repo_url holds credentials: put them in the Kubernetes Secret "
+                             "(UNIMEDVL_GIT_USERNAME / UNIMEDVL_GIT_TOKEN), not in the URL")
+        return v
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, v: str) -> str:
+        try:
+            v.format(name="n", version="1")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"branch may use only {{name}} and {{version}}: {e}") from None
+        return v
+
+
 class PipelineConfig(_Strict):
     """The compiled Kubeflow pipeline: images, GPUs, retries, schedule (its root is `storage`'s pipelines bucket)."""
 
@@ -333,6 +363,7 @@ class PipelineConfig(_Strict):
     key_secret: str = "unimedvl-deid-key"  # Kubernetes secret holding UNIMEDVL_SECRET_KEY
     schedule: str = "0 2 * * 0"  # Argo CronWorkflow: weekly retraining
     ablation: PipelineAblationConfig = PipelineAblationConfig()
+    gitops: PipelineGitopsConfig = PipelineGitopsConfig()
 
     @field_validator("train_executor")
     @classmethod

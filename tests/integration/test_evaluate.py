@@ -81,12 +81,13 @@ def test_benchmark_rejects_shared_seeds_and_other_protocols(smoke_pipeline, tmp_
 
 
 def test_smoke_judge_learns_and_is_reloadable(smoke_pipeline):
-    """Lean twin of the slow full-size judge test: the smoke judge (1,200 phantoms, 6 epochs) already
-    separates the large findings; its loss falls."""
+    """Lean twin of the slow full-size judge test: the smoke judge (the smoke profile's settings) passes
+    the default gate, evaluate.judge.min_auroc, on every finding; its loss falls."""
     from unimedvl.evaluate.judge import load_judge, phantom_set
 
     m = smoke_pipeline["judge_metrics"]
     assert m["loss_end"] < 0.7 * m["loss_start"]
+    assert smoke_pipeline["params"].evaluate.judge.min_auroc == 0.95 and m["passes"], m["auroc"]
     for f in ("cardiomegaly", "pneumothorax"):
         assert m["auroc"][f] >= 0.9, m["auroc"]
     judge = load_judge(smoke_pipeline["judge"])

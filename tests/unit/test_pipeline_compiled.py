@@ -126,6 +126,11 @@ def test_pipeline_interface_for_the_ui():
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert k8s["exec-autoencoder"]["nodeSelector"]["labels"] and k8s["exec-autoencoder"]["tolerations"]
     assert k8s["exec-ingest"]["secretAsEnv"][1]["secretName"] == "unimedvl-deid-key"
+    # promote's push to the GitOps repository: its URL and branch in the form, the token from a Secret.
+    assert {"pipeline_gitops_repo_url", "pipeline_gitops_branch"} <= set(params)
+    gitops = [s for s in k8s["exec-promote"]["secretAsEnv"] if s["secretName"] == "unimedvl-gitops"]
+    assert gitops and {m["secretKey"] for m in gitops[0]["keyToEnv"]} == {"UNIMEDVL_GIT_USERNAME", "UNIMEDVL_GIT_TOKEN"}
+    assert "UNIMEDVL_GIT_TOKEN" not in str(ir["deploymentSpec"]["executors"]["exec-promote"])  # only the Secret's reference
     tasks = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert all(t["retryPolicy"]["maxRetryCount"] >= 1 for t in tasks.values() if "componentRef" in t and "condition" not in t["componentRef"]["name"])
     assert ir["root"]["dag"]["tasks"]["close-run"]["cachingOptions"] == {}
@@ -195,3 +200,30 @@ def test_run_local_refuses_a_bad_override_before_running(tmp_path):
     assert res.exit_code == 1 and "stage1.lr" in res.output and not (tmp_path / "r").exists()
     res = CliRunner().invoke(app, ["pipeline", "--help"])
     assert res.exit_code == 0 and all(v in res.output for v in ("compile", "run-local", "submit", "sync"))
+
+
+def test_ablation_branch_is_wired_to_its_parameter_and_inputs():
+    """The synergy ablation runs only when the form's run_ablation is true (off by default), on the QC'd
+    data, the benchmark, the judge and the autoencoder the main line uses, in the GPU image; its table is
+    a Markdown artefact on the node and its deltas a Metrics artefact."""
+    ir, _ = load_ir()
+    root = ir["root"]["inputDefinitions"]["parameters"]["run_ablation"]
+    assert root["parameterType"] == "BOOLEAN" and root["defaultValue"] is False
+    tasks = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    cond = next(t for t in tasks.values() if t.get("taskInfo", {}).get("name") == "synergy-ablation")
+    assert cond["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--run_ablation'] == true"
+    assert cond["inputs"]["parameters"]["pipelinechannel--run_ablation"]["componentInputParameter"] == "pipelinechannel--run_ablation"
+    inner = ir["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(inner) == ["ablation"]
+    feeds = {name: cond["inputs"]["artifacts"][a["componentInputArtifact"]]["taskOutputArtifact"]
+             for name, a in inner["ablation"]["inputs"]["artifacts"].items()}
+    assert {n: (f["producerTask"], f["outputArtifactKey"]) for n, f in feeds.items()} == {
+        "data": ("qc", "dataset"), "benchmark": ("benchmark", "dataset"), "judge": ("judge", "model"),
+        "autoencoder": ("autoencoder", "model")}
+    params = inner["ablation"]["inputs"]["parameters"]
+    assert params["train_profile"]["componentInputParameter"] == "pipelinechannel--train_profile"
+    assert params["params_override"]["componentInputParameter"] == "pipelinechannel--params_override"
+    assert params["base_image"]["runtimeValue"]["constant"].startswith("ghcr.io/unimedvl/unimedvl-gpu:")
+    outs = ir["components"]["comp-ablation"]["outputDefinitions"]["artifacts"]
+    assert (outs["table"]["artifactType"]["schemaTitle"], outs["metrics"]["artifactType"]["schemaTitle"]) == \
+        ("system.Markdown", "system.Metrics")

@@ -34,9 +34,12 @@ def test_images_are_multi_stage_non_root_and_carry_no_secrets():
         user = re.findall(r"^USER\s+(\S+)", text, re.M)
         assert user and user[-1] not in ("root", "0"), df.name
         assert not re.search(r"(?i)(secret|password|token|aws_access|aws_secret)\w*\s*=", text), df.name
+    # promote rewrites infra/'s staging overlay and pushes it with git (pipeline.gitops).
+    cpu = (IMAGES / "cpu.Dockerfile").read_text()
+    assert re.search(r"^COPY infra \./infra$", cpu, re.M) and re.search(r"apt-get install .*\bgit=\S+", cpu)
     # The build context is an allow-list: nothing but the sources and params (no data, keys, .env).
     ignore = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    assert ignore[0] == "*" and "!src/" in ignore and not any("data" in ln or "key" in ln for ln in ignore if ln.startswith("!"))
+    assert ignore[0] == "*" and {"!src/", "!infra/"} <= set(ignore) and not any("data" in ln or "key" in ln for ln in ignore if ln.startswith("!"))
 
 
 def test_from_lines_use_the_locked_digests_and_unresolved_ones_are_named():

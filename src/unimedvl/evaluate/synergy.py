@@ -11,7 +11,10 @@ rates, from the same autoencoder folder), by the training code itself with maske
 over `seeds` (train.seed), each evaluated by `evaluate` on the same data, benchmark and judge. The
 deltas (unified - understanding_only for understanding metrics, unified - generation_only for generation
 metrics) go to `docs/synergy.md` with their mean and spread over seeds. About an hour of CPU on the demo
-settings: off in `dvc repro`, `unimedvl evaluate --ablation`, a flag of the KFP pipeline.
+settings: off in `dvc repro`, `unimedvl evaluate --ablation`, a flag of the KFP pipeline (`run_ablation`);
+both call `run_ablation`, whose seeds and step cap default to `pipeline.ablation` (the smoke profile
+sets one seed and a few steps). Every variant's masked mixtures are checked against the training
+data's task categories before any training starts.
 """
 
 from __future__ import annotations
@@ -31,19 +34,37 @@ UNDERSTANDING_KEYS = ("vqa.finding.accuracy", "vqa.closed.accuracy", "vqa.open.e
 GENERATION_KEYS = ("generation.faithfulness.mean", "sr.psnr", "cross_modal.psnr")
 
 
-def masked_params(params: Params, masked: tuple[str, ...], seed: int) -> Params:
-    """`params` with the masked task categories set to 0 in every training stage's mixture."""
+class SynergyError(ValueError):
+    """A variant cannot be trained on this data (raised before any training starts)."""
+
+
+def masked_params(params: Params, masked: tuple[str, ...], seed: int, variant: str = "",
+                  available: set[str] | None = None) -> Params:
+    """`params` with the masked task categories set to 0 in every training stage's mixture; with
+    `available` (the training data's task categories), a stage left with nothing to draw is an error."""
+    from ..train.curriculum import normalise
     from ..train.stages import stage_spec
 
     update: dict[str, Any] = {"train": params.train.model_copy(update={"seed": seed})}
     for stage in ("stage1", "stage2", "stage3"):
-        mix = dict(stage_spec(params, stage).mixture)
-        for cat in masked:
-            mix[cat] = 0.0
-        if not any(v > 0 for v in mix.values()):
-            raise ValueError(f"masking {masked} leaves {stage} with an empty mixture")
+        original = dict(stage_spec(params, stage).mixture)
+        mix = {k: 0.0 if k in masked else v for k, v in original.items()}
+        try:
+            normalise(mix, available)
+        except ValueError:
+            have = "any" if available is None else ", ".join(sorted(available)) or "none"
+            raise SynergyError(f"synergy variant {variant or masked!r}: masking {list(masked)} out of {stage}'s mixture "
+                               f"{original} leaves {mix}, which selects no task category of the training data (it has: "
+                               f"{have}); add records of the kept categories or change {stage}.mixture") from None
         update[stage] = getattr(params, stage).model_copy(update={"mixture": mix})
     return params.model_copy(update=update)
+
+
+def data_categories(data_dir: Path, params: Params) -> set[str]:
+    """The task categories training would draw from in `data_dir` (its train split, the mixture's languages)."""
+    from ..train.data import ShardStore
+
+    return ShardStore(data_dir, "train", languages=tuple(params.ingest.mixture_languages) or None, verify=False).available()
 
 
 def synergy_table(results: dict[str, dict[int, dict[str, float | None]]]) -> list[dict[str, Any]]:
@@ -78,24 +99,31 @@ def write_synergy_md(rows: list[dict[str, Any]], path: Path, note: str = "") -> 
 
 
 def run_ablation(data_dir: Path, bench_dir: Path, judge_dir: Path, autoencoder_dir: Path, work: Path, params: Params,
-                 seeds: tuple[int, ...] = (0, 1, 2), doc: Path = Path("docs/synergy.md"), progress: bool = False,
+                 seeds: tuple[int, ...] | None = None, doc: Path = Path("docs/synergy.md"), progress: bool = False,
                  max_steps: int | None = None) -> list[dict[str, Any]]:
-    """Train and evaluate every variant x seed under `work`, then write `doc`."""
+    """Train and evaluate every variant x seed under `work`, then write `doc`. `seeds` and `max_steps`
+    default to `params.pipeline.ablation`."""
     from ..train.stages import run_stage
     from .run import evaluate
 
+    seeds = tuple(seeds if seeds is not None else params.pipeline.ablation.seeds)
+    max_steps = max_steps if max_steps is not None else params.pipeline.ablation.max_steps
+    if not seeds:
+        raise SynergyError("the synergy ablation needs at least one seed (pipeline.ablation.seeds)")
+    available = data_categories(Path(data_dir), params)
+    # Every variant's params first: a variant that cannot train fails here, not after the others trained.
+    plans = {(variant, seed): masked_params(params, masked, seed, variant, available)
+             for variant, masked in VARIANTS.items() for seed in seeds}
     results: dict[str, dict[int, dict[str, float | None]]] = {}
-    for variant, masked in VARIANTS.items():
-        for seed in seeds:
-            p = masked_params(params, masked, seed)
-            out = Path(work) / f"{variant}-seed{seed}"
-            prev = Path(autoencoder_dir)
-            for stage in ("stage1", "stage2", "stage3"):
-                run_stage(stage, data_dir, out / stage, p, prev_dir=prev, progress=progress, max_steps=max_steps,
-                          checkpoint_dir=out / "checkpoints" / stage)
-                prev = out / stage
-            m = evaluate(prev, data_dir, bench_dir, judge_dir, out / "eval", p, progress=progress, log_to_mlflow=False)
-            results.setdefault(variant, {})[seed] = {k: m.value(k) for k in (*UNDERSTANDING_KEYS, *GENERATION_KEYS)}
+    for (variant, seed), p in plans.items():
+        out = Path(work) / f"{variant}-seed{seed}"
+        prev = Path(autoencoder_dir)
+        for stage in ("stage1", "stage2", "stage3"):
+            run_stage(stage, data_dir, out / stage, p, prev_dir=prev, progress=progress, max_steps=max_steps,
+                      checkpoint_dir=out / "checkpoints" / stage)
+            prev = out / stage
+        m = evaluate(prev, data_dir, bench_dir, judge_dir, out / "eval", p, progress=progress, log_to_mlflow=False)
+        results.setdefault(variant, {})[seed] = {k: m.value(k) for k in (*UNDERSTANDING_KEYS, *GENERATION_KEYS)}
     rows = synergy_table(results)
     write_synergy_md(rows, doc, note=f"Seeds {', '.join(map(str, seeds))}; steps per stage as in params.yaml"
                      + (f" (capped at {max_steps})" if max_steps else "") + ".")

@@ -78,9 +78,9 @@ def ablation_step(data, benchmark, judge, autoencoder, table, metrics, values: d
 
     enter_run(f"{run_id}:ablation" if run_id else "")
     params = effective(resolve(values, params_override))
-    ab = params.pipeline.ablation
     doc = Path(table.path)
+    # Seeds and the step cap: pipeline.ablation (the smoke profile's is one seed, a few steps).
     rows = run_ablation(Path(data.path), Path(benchmark.path), Path(judge.path), Path(autoencoder.path),
-                        doc.parent / f".{doc.name}-work", params, seeds=ab.seeds, doc=doc, max_steps=ab.max_steps)
+                        doc.parent / f".{doc.name}-work", params, doc=doc)
     write_metrics(metrics, {f"{r['baseline']}.{r['metric']}": r["mean"] for r in rows})
     return rows

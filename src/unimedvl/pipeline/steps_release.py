@@ -44,7 +44,8 @@ def promote_step(version, results, data, benchmark, judge, decision, card, metri
                          {"eval_metrics": str(Path(results.path) / "metrics.json"), "data_dir": data.path, "output": version.path},
                          {"decision": str(out), "model_card": card.path, "audit_log": str(out.parent / "audit.jsonl"),
                           "local_overlay": str(out.parent / "overlay"), "benchmark_dir": benchmark.path, "judge_dir": judge.path})
-    result = promotion.promote(params, params_file())
+    # On the cluster with a GitOps repository: the overlay change is pushed there as a review branch.
+    result = (promotion.promote_and_push if params.pipeline.gitops.repo_url else promotion.promote)(params, params_file())
     gates = {f"gate.{g['gate']}": 1.0 if g["passed"] else 0.0 for g in result["gates"]}
     write_metrics(metrics, {"passed": 1.0 if result["passed"] else 0.0, **gates})
     decision.metadata.update({"passed": bool(result["passed"]), "version": result["candidate"]["version"],

@@ -88,10 +88,23 @@ def submit_kfp(host: str, arguments: dict[str, Any], *, experiment: str | None =
             "run_url": f"{host.rstrip('/')}/#/runs/details/{run.run_id}"}
 
 
+def _create_or_update(svc, kind: str, doc: dict[str, Any], ns: str, create_request, update_request) -> None:
+    """Create the Argo object `doc` (`kind`: hera's method suffix, e.g. cron_workflow); if it exists,
+    update it at the server's current resourceVersion (Argo refuses an update without it)."""
+    from hera.exceptions import AlreadyExists
+
+    name = doc["metadata"]["name"]
+    try:
+        getattr(svc, f"create_{kind}")(create_request(), namespace=ns)
+    except AlreadyExists:
+        current = getattr(svc, f"get_{kind}")(name, namespace=ns)
+        doc["metadata"]["resourceVersion"] = current.metadata.resource_version
+        getattr(svc, f"update_{kind}")(name, update_request(), namespace=ns)
+
+
 def submit_argo(host: str, arguments: dict[str, Any], *, namespace: str | None = None, token: str | None = None,
                 folder: Path | None = None) -> dict[str, str]:
     """Create or update the WorkflowTemplate and the CronWorkflow, then submit one Workflow from it."""
-    from hera.exceptions import AlreadyExists
     from hera.workflows import WorkflowsService
     from hera.workflows.models import (
         CreateCronWorkflowRequest,
@@ -118,21 +131,14 @@ def submit_argo(host: str, arguments: dict[str, Any], *, namespace: str | None =
         resolve({"train_profile": arguments["train_profile"]})
     ns = namespace or load_params(params_file()).pipeline.ray.namespace
     svc = WorkflowsService(host=host, token=token, namespace=ns, verify_ssl=host.startswith("https://"))
-    name = wt["metadata"]["name"]
+    name, cname = wt["metadata"]["name"], cron["metadata"]["name"]
     try:
-        try:
-            svc.create_workflow_template(WorkflowTemplateCreateRequest(template=WorkflowTemplate.parse_obj(wt)), namespace=ns)
-        except AlreadyExists:
-            current = svc.get_workflow_template(name, namespace=ns)
-            wt["metadata"]["resourceVersion"] = current.metadata.resource_version
-            svc.update_workflow_template(name, WorkflowTemplateUpdateRequest(template=WorkflowTemplate.parse_obj(wt)), namespace=ns)
-        cname = cron["metadata"]["name"]
-        try:
-            svc.create_cron_workflow(CreateCronWorkflowRequest(cron_workflow=CronWorkflow.parse_obj(cron)), namespace=ns)
-        except AlreadyExists:
-            current = svc.get_cron_workflow(cname, namespace=ns)
-            cron["metadata"]["resourceVersion"] = current.metadata.resource_version
-            svc.update_cron_workflow(cname, UpdateCronWorkflowRequest(cron_workflow=CronWorkflow.parse_obj(cron)), namespace=ns)
+        _create_or_update(svc, "workflow_template", wt, ns,
+                          lambda: WorkflowTemplateCreateRequest(template=WorkflowTemplate.parse_obj(wt)),
+                          lambda: WorkflowTemplateUpdateRequest(template=WorkflowTemplate.parse_obj(wt)))
+        _create_or_update(svc, "cron_workflow", cron, ns,
+                          lambda: CreateCronWorkflowRequest(cron_workflow=CronWorkflow.parse_obj(cron)),
+                          lambda: UpdateCronWorkflowRequest(cron_workflow=CronWorkflow.parse_obj(cron)))
         wf = svc.submit_workflow(WorkflowSubmitRequest(
             namespace=ns, resource_kind="WorkflowTemplate", resource_name=name,
             submit_options=SubmitOpts(parameters=[f"{k}={v}" for k, v in sorted(arguments.items())])), namespace=ns)

@@ -119,3 +119,42 @@ def commit_on_branch(repo: Path, branch: str, files: list[Path], message: str) -
         return commit
     finally:
         Path(env["GIT_INDEX_FILE"]).unlink(missing_ok=True)
+
+
+# -- the GitOps repository on the cluster: clone, commit (commit_on_branch), push --------------------
+
+GIT_USERNAME_ENV, GIT_TOKEN_ENV = "UNIMEDVL_GIT_USERNAME", "UNIMEDVL_GIT_TOKEN"
+# A credential helper that answers from the environment (the Kubernetes Secret's keys), so the token is
+# never part of a URL, an argument list, a file in the clone or an error message.
+_CREDENTIAL_HELPER = (f'!f() {{ test "$1" = get || exit 0; echo "username=${{{GIT_USERNAME_ENV}:-x-access-token}}"; '
+                      f'echo "password=${GIT_TOKEN_ENV}"; }}; f')
+
+
+def credential_config() -> list[str]:
+    """git `-c` options that answer HTTPS credential prompts from the environment (none without a token)."""
+    return ["-c", "credential.helper=", "-c", f"credential.helper={_CREDENTIAL_HELPER}"] if os.environ.get(GIT_TOKEN_ENV) else []
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(["git", *credential_config(), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    if done.returncode:
+        raise OverlayError(f"git {args[0]} failed: {done.stderr.strip()[-800:]}")
+    return done.stdout.strip()
+
+
+def clone(url: str, dest: Path, base: str) -> Path:
+    """A shallow clone of `url` at branch `base` into `dest`, with the committer identity promote uses."""
+    _git("clone", "--quiet", "--depth", "1", "--branch", base, "--single-branch", "--", url, str(dest))
+    _git("-C", str(dest), "config", "user.name", "unimedvl promote")
+    _git("-C", str(dest), "config", "user.email", "promote@unimedvl.invalid")
+    return dest
+
+
+def push_branch(repo: Path, branch: str) -> None:
+    """Push the new review branch to the clone's origin; an existing remote branch is never overwritten."""
+    try:
+        _git("-C", str(repo), "push", "--quiet", "origin", f"refs/heads/{branch}:refs/heads/{branch}")
+    except OverlayError as e:
+        raise OverlayError(f"pushing the review branch {branch} failed (an existing branch is never "
+                           f"overwritten; pick another pipeline.gitops.branch): {e}") from None

@@ -130,6 +130,38 @@ def promote(params: Params, params_path: str | Path = "params.yaml", *, commit_b
         return _promote(params, params_path, commit_branch=commit_branch, repo=repo)
 
 
+def promote_and_push(params: Params, params_path: str | Path = "params.yaml") -> dict[str, Any]:
+    """`promote` on the cluster (S3 mode), its staging-overlay change pushed to the GitOps repository
+    `pipeline.gitops.repo_url` as the review branch `pipeline.gitops.branch` (off `base_branch`), by the
+    same commit as `--commit-branch` (`gitops.commit_on_branch`) in a fresh clone; Argo CD syncs it once
+    merged. A failing candidate pushes nothing. Credentials: env UNIMEDVL_GIT_USERNAME / UNIMEDVL_GIT_TOKEN."""
+    g = params.pipeline.gitops
+    if not g.repo_url:
+        raise PromoteError("no GitOps repository to push to: set pipeline.gitops.repo_url (the repository Argo CD syncs)")
+    if not s3_configured():
+        raise PromoteError(f"pushing to {g.repo_url} needs S3 mode (the overlay pins the model's S3 copy): set "
+                           "AWS_ENDPOINT_URL (or MLFLOW_S3_ENDPOINT_URL) and AWS_* credentials, or pipeline.gitops.repo_url: ''")
+    version_file = Path(params.register.output)
+    if not version_file.exists():
+        raise PromoteError(f"{version_file} is missing: run `unimedvl register` first")
+    reg = json.loads(version_file.read_text())
+    branch = g.branch.format(name=reg["name"], version=reg["version"])
+    with tempfile.TemporaryDirectory(prefix="unimedvl-gitops-") as tmp:
+        repo = gitops.clone(g.repo_url, Path(tmp) / "repo", g.base_branch)
+        overlay = repo / params.promote.overlay
+        if not (overlay / gitops.PATCH).exists():
+            raise PromoteError(f"{g.repo_url} (branch {g.base_branch}) has no {params.promote.overlay}/{gitops.PATCH}: "
+                               "point promote.overlay at the staging overlay inside that repository")
+        p = params.model_copy(update={"promote": params.promote.model_copy(update={"overlay": str(overlay)})})
+        decision = promote(p, params_path, commit_branch=branch, repo=repo)
+        if decision.get("commit"):
+            gitops.push_branch(repo, branch)
+            decision.update(overlay=params.promote.overlay, pushed={"repo": g.repo_url, "branch": branch,
+                                                                     "base": g.base_branch, "commit": decision["commit"]})
+            _write_decision(params, decision)
+    return decision
+
+
 def _promote(params: Params, params_path: str | Path = "params.yaml", *, commit_branch: str | None = None,
              repo: Path | None = None) -> dict[str, Any]:
     from ..evaluate.schema import load_metrics

@@ -184,7 +184,9 @@ def _family_means(per: list[dict], fams: list[str], idx: np.ndarray | None = Non
 
 
 def _mixed(fam: dict[str, dict], mixture: dict[str, float], key: str) -> float | None:
-    have = {f for f, v in fam.items() if v[key] is not None}
+    # Only the families this stage trains on count: a mixture with no image-output family (the synergy
+    # ablation's understanding_only) has no mixture-weighted MSE, which is None, not an error.
+    have = {f for f, v in fam.items() if v[key] is not None and mixture.get(f, 0) > 0}
     if not have:
         return None
     w = normalise(mixture, have)
