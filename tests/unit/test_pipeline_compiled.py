@@ -149,7 +149,10 @@ def test_params_override_is_validated_by_the_typed_config():
     from unimedvl.config import ParamsError
     from unimedvl.pipeline.params import resolve
 
-    p = resolve({"train_profile": "smoke", "stage1_steps": 100, "stage2_steps": 7}, "qc: {min_side: 48}")
+    from unimedvl.config import load_params
+
+    demo_steps = load_params(REPO / "params.yaml").stage1.steps
+    p = resolve({"train_profile": "smoke", "stage1_steps": demo_steps, "stage2_steps": 7}, "qc: {min_side: 48}")
     from unimedvl.pipeline.params import effective
 
     e = effective(p)
