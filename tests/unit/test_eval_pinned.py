@@ -1,0 +1,60 @@
+"""Evaluation numbers pinned where a closed form exists: the Frechet distance of shifted copies, the
+permutation tests' +1-corrected p-values at their floor, the bootstrap's edge cases, the min_n
+boundary and the closed-question rules (mutation testing found each of these unpinned)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unimedvl.evaluate.generation import frechet_distance, frechet_metric
+from unimedvl.evaluate.stats import bootstrap_ci, mcnemar_exact, metric, paired_permutation_test, permutation_test
+from unimedvl.evaluate.understanding import is_closed, yes_no
+
+
+def test_frechet_distance_of_a_shifted_copy_is_the_squared_shift_with_a_bootstrap_interval():
+    a = np.random.default_rng(0).normal(size=(200, 2))
+    b = a + np.array([3.0, 4.0])  # same covariance: the trace terms cancel, FD = |shift|^2 = 25
+    assert frechet_distance(a, b) == pytest.approx(25.0, abs=1e-6)
+    m = frechet_metric(a, b, n_boot=20, seed=3)
+    assert m.status.value == "ok" and m.value == pytest.approx(25.0, abs=1e-6) and m.n == 200
+    rng = np.random.default_rng(3)  # the interval: estimate +- 1.96 bootstrap SE (ddof=1) of these resamples
+    boots = [frechet_distance(a[rng.integers(0, 200, 200)], b[rng.integers(0, 200, 200)]) for _ in range(20)]
+    se = float(np.std(boots, ddof=1))
+    assert (m.ci_low, m.ci_high) == pytest.approx((25.0 - 1.96 * se, 25.0 + 1.96 * se), rel=1e-9)
+    assert frechet_metric(a[:3], b[:3]).status.value == "insufficient_samples"
+
+
+def test_permutation_p_values_floor_at_one_over_n_plus_one():
+    big, small = np.arange(10.0, 20.0), np.arange(0.0, 10.0)
+    assert permutation_test(big, small, n_perm=199) == pytest.approx(1 / 200)  # no permutation beats it
+    assert permutation_test(small, big, n_perm=199) == pytest.approx(1.0)  # every permutation does
+    # All-positive differences: only the all-plus sign vector (1 in 2^12) reaches the observed sum.
+    p = paired_permutation_test(np.full(12, 1.0), n_perm=1200)
+    assert 1 / 1201 <= p < 5 / 1201
+    assert paired_permutation_test(np.full(12, -1.0), n_perm=1200) == pytest.approx(1.0)  # 1200 of 1200 hit
+
+
+def test_bootstrap_edges_and_metric_boundary():
+    v = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    assert bootstrap_ci(v, n_boot=0) is None and bootstrap_ci(v[:1]) is None
+    lo, hi = bootstrap_ci(v, n_boot=200, seed=1)
+    assert 0.0 <= lo < 0.6 < hi <= 1.0
+    m = metric(v, min_n=5, n_boot=200, seed=1)  # exactly min_n items: computed, with that very interval
+    assert m.status.value == "ok" and m.value == pytest.approx(0.6) and (m.ci_low, m.ci_high) == pytest.approx((lo, hi))
+    assert metric(v, min_n=6).status.value == "insufficient_samples"
+
+
+def test_mcnemar_message_names_the_test():
+    with pytest.raises(ValueError, match="^McNemar needs paired outcomes"):
+        mcnemar_exact([True], [True, False])
+
+
+def test_yes_no_and_closed_questions():
+    assert yes_no("Yes, there is.") == "yes" and yes_no("No.") == "no" and yes_no("None seen") == "no"
+    assert yes_no("left lower lobe") is None
+    assert is_closed("Is there an effusion?", "no")
+    assert is_closed("Is there an effusion?", "yes it is")  # three words
+    assert not is_closed("Is there an effusion?", "no it is not")  # four words: an open answer
+    assert not is_closed("Where is the lesion?", "left lower lobe")
+    assert is_closed("Which side?\nA. left\nB. right", "A")
