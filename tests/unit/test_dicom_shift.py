@@ -1,0 +1,38 @@
+"""Longitudinal date shifting keeps a date-time's time part, and a record whose labels carry a lone
+surrogate is flagged (mutation testing found both unpinned)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pydicom.dataset import Dataset
+
+from unimedvl.data.dicom_profile import DicomScrub
+from unimedvl.data.privacy import Keyed
+from unimedvl.data.schema import Record, Turn, text_problem
+
+
+@pytest.mark.filterwarnings("ignore:The value length")
+def test_a_shifted_date_time_keeps_its_time_and_a_date_loses_nothing_else():
+    k = Keyed(b"k")
+    ds = Dataset()
+    ds.AcquisitionDateTime = "20190314101010.5"
+    ds.StudyDate = "20190314"
+    ds.StudyTime = "101010"
+    DicomScrub(k, ("longitudinal_modified_dates",))(ds, "MRN1")
+    day = (dt.date(2019, 3, 14) + dt.timedelta(days=k.date_shift_days("MRN1"))).strftime("%Y%m%d")
+    assert ds.AcquisitionDateTime == day + "101010.5"
+    assert ds.StudyDate == day and ds.StudyTime == "101010"
+
+
+def _record(labels):
+    return Record(id="r1", dataset="d", modality="none", main_task_type="text_only", sub_task_type="text_only",
+                  split="train", lang="en", license="CC0", source_uri="test://", patient_key="p",
+                  message=[Turn("human", "q"), Turn("gpt", "a")], labels=labels)
+
+
+def test_a_lone_surrogate_in_the_labels_is_a_text_problem():
+    assert text_problem(_record({"finding": "effusion"})) is None
+    assert text_problem(_record({"finding": "caf\u00e9 \U0001F600"})) is None  # a paired surrogate is fine
+    assert "lone surrogate" in text_problem(_record({"finding": "bad \udc80"}))
