@@ -136,3 +136,19 @@ def _cfg(tok):
 
     cfg = PRESETS["tiny"]
     return cfg.replace(llm=replace(cfg.llm, vocab_size=tok.vocab_size))
+
+
+def test_all_images_lists_every_input_and_output_image_of_the_split(data):
+    from unimedvl.data.shards import read_table
+    from unimedvl.train.data import all_images
+
+    rows = read_table(data).to_pylist()
+    want = {"train": [], "val": []}
+    for r in rows:
+        want[r["split"]] += [i["bytes"] for i in (r["input_img"] or []) + (r["output_img"] or [])]
+    got = all_images(data, "train")
+    assert sorted(got) == sorted(want["train"]) and any(r["output_img"] for r in rows if r["split"] == "train")
+    assert sorted(all_images(data, "val")) == sorted(want["val"])
+    few = all_images(data, "train", limit=5, seed=1)
+    assert len(few) == 5 and set(few) <= set(want["train"]) and few == all_images(data, "train", limit=5, seed=1)
+    assert few != all_images(data, "train", limit=5, seed=2)
