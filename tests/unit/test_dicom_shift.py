@@ -24,6 +24,7 @@ def test_a_shifted_date_time_keeps_its_time_and_a_date_loses_nothing_else():
     day = (dt.date(2019, 3, 14) + dt.timedelta(days=k.date_shift_days("MRN1"))).strftime("%Y%m%d")
     assert ds.AcquisitionDateTime == day + "101010.5"
     assert ds.StudyDate == day and ds.StudyTime == "101010"
+    assert ds.PatientIdentityRemoved == "YES" and ds.DeidentificationMethod == "PS3.15 E.1 basic profile; UIDs keyed"
 
 
 def _record(labels):

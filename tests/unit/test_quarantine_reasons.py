@@ -49,3 +49,34 @@ def test_rejected_carries_reason_and_detail():
     assert str(e) == "blank_image: 3 px" and (e.reason, e.detail) == ("blank_image", "3 px")
     assert clean_text("ok \udc80") == "ok " + "\ufffd" * 3  # a lone surrogate's three bytes become U+FFFD
     assert clean_text("fine") == "fine"
+
+
+def _build(ctx, **over):
+    import numpy as np
+
+    from unimedvl.data.images import encode_png
+    from unimedvl.data.schema import Image
+
+    kw = dict(source_id="s1", patient="MRN1", sub_task="caption", modality="xray", license="CC0-1.0",
+              source_uri="src/Smith_John/report.txt", message=[("human", "<image>\nDescribe."), ("gpt", "Clear lungs.")],
+              input_img=[Image(png=encode_png(np.full((8, 8), 9, np.uint8)), height=8, width=8, path="Smith_John/x.png")])
+    kw.update(over)
+    return ctx.record(**kw)
+
+
+def test_record_pseudonymises_image_paths_and_names_label_categories():
+    import pytest
+
+    from unimedvl.data.privacy import component_token
+
+    k = Keyed(b"k")
+    ctx = Context("src", k, IngestConfig())
+    rec = _build(ctx, labels={"note": "Findings discussed with Dr. Brown."})
+    # The keyed pseudonym (the same folder always maps to the same token), not a bare placeholder.
+    assert rec.input_img[0].path == component_token(k, "Smith_John") + "/x.png"
+    assert rec.labels == {"note": "Findings discussed with [NAME]."}
+    assert "labels:name" in rec.phi_removed and "text:name" not in rec.phi_removed
+    with pytest.raises(Rejected, match=r"^invalid_value: task 'nope' is not one of \["):
+        _build(Context("src", k, IngestConfig()), sub_task="nope")
+    with pytest.raises(Rejected, match=r"^missing_field: the answer text is empty$"):
+        _build(Context("src", k, IngestConfig()), message=[("human", "<image>\nDescribe."), ("gpt", " ")])
