@@ -3,7 +3,8 @@
 Score = killed / (killed + survived), per module and over all, with the mutants listed in
 tests/mutation-equivalent.md (each with the reason it cannot change behaviour) left out. A mutant no
 test reaches ("no tests") counts as survived: nothing would notice it. Timeouts count as killed (the
-mutant made a test hang, which a CI run notices). Statuses come from mutmut's own exit-code table.
+mutant made a test hang, which a CI run notices). Mutants not run yet (`make mutation MUTANTS=...`
+limits a run) are counted as unrun and not scored. Statuses come from mutmut's own exit-code table.
 """
 
 from __future__ import annotations
