@@ -58,3 +58,23 @@ def test_yes_no_and_closed_questions():
     assert not is_closed("Is there an effusion?", "no it is not")  # four words: an open answer
     assert not is_closed("Where is the lesion?", "left lower lobe")
     assert is_closed("Which side?\nA. left\nB. right", "A")
+
+
+def test_ssim_region_change_and_pointing_edges():
+    from unimedvl.evaluate.generation import pointing_hit, region_change, ssim
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((6, 6)), rng.random((6, 6))
+    s = ssim(a, b)  # a 6 px image: the window shrinks to 5 (the default 7 does not fit)
+    assert -1.0 < s < 1.0 and ssim(a, a) == 1.0 and ssim(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0
+    before, after = np.zeros((4, 4)), np.full((4, 4), 0.5)
+    assert region_change(before, after, np.ones((4, 4))) == (0.5, 0.0)  # no outside: 0, not nan
+    mask = np.zeros((4, 4))
+    mask[:2] = 1
+    assert region_change(before, after, mask) == (0.5, 0.5)
+    region = np.zeros((4, 4), bool)
+    region[0, 0] = True
+    assert pointing_hit(np.ones((4, 4)), region) == (False, 1 / 16)  # a flat heatmap points nowhere
+    heat = np.zeros((4, 4))
+    heat[0, 0] = 1.0
+    assert pointing_hit(heat, region) == (True, 1 / 16)
