@@ -36,13 +36,14 @@ def test_permutation_p_values_floor_at_one_over_n_plus_one():
 
 
 def test_bootstrap_edges_and_metric_boundary():
-    v = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    v = np.random.default_rng(4).random(12)  # continuous values: every resample count moves the quantiles
     assert bootstrap_ci(v, n_boot=0) is None and bootstrap_ci(v[:1]) is None
     lo, hi = bootstrap_ci(v, n_boot=200, seed=1)
-    assert 0.0 <= lo < 0.6 < hi <= 1.0
-    m = metric(v, min_n=5, n_boot=200, seed=1)  # exactly min_n items: computed, with that very interval
-    assert m.status.value == "ok" and m.value == pytest.approx(0.6) and (m.ci_low, m.ci_high) == pytest.approx((lo, hi))
-    assert metric(v, min_n=6).status.value == "insufficient_samples"
+    assert 0.0 <= lo < v.mean() < hi <= 1.0 and bootstrap_ci(v, n_boot=201, seed=1) != (lo, hi)
+    assert bootstrap_ci(v) == bootstrap_ci(v, n_boot=1000, seed=0)  # the documented default
+    m = metric(v, min_n=12, n_boot=200, seed=1)  # exactly min_n items: computed, with that very interval
+    assert m.status.value == "ok" and m.value == pytest.approx(v.mean()) and (m.ci_low, m.ci_high) == (lo, hi)
+    assert metric(v, min_n=13).status.value == "insufficient_samples"
 
 
 def test_mcnemar_message_names_the_test():
@@ -78,3 +79,21 @@ def test_ssim_region_change_and_pointing_edges():
     heat = np.zeros((4, 4))
     heat[0, 0] = 1.0
     assert pointing_hit(heat, region) == (True, 1 / 16)
+
+
+def test_torchscript_features_and_bicubic_baseline(tmp_path):
+    import torch
+
+    from unimedvl.evaluate.generation import bicubic_upsample, torchscript_extractor
+
+    class Pool(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    torch.jit.script(Pool()).save(str(tmp_path / "pool.pt"))
+    extract = torchscript_extractor(tmp_path / "pool.pt", resolution=8)
+    grey = torch.full((2, 1, 4, 4), 0.5)
+    feats = extract(grey)  # grey repeated to 3 channels, resized, pooled
+    assert feats.shape == (2, 3) and feats.dtype == np.float64 and np.allclose(feats, 0.5)
+    up = bicubic_upsample(np.full((4, 4), 0.25), 8)
+    assert up.shape == (8, 8) and up.dtype == np.float64 and np.allclose(up, 0.25)

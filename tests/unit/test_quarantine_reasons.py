@@ -35,6 +35,8 @@ def test_quoted_paths_in_a_detail_are_pseudonymised_or_hidden():
         assert q.detail == "image file '<an absolute path>' does not exist", (absolute, q.detail)
     q = ctx.reject("item", "missing_file", "image file 'Smith_John\\x.png' does not exist")
     assert "Smith" not in q.detail and "'p-" in q.detail, q.detail  # a relative path keeps its shape
+    q = ctx.reject("item", "missing_file", "image file 'Smith_John\\scan' does not exist")  # no dot, a backslash
+    assert "Smith" not in q.detail and "'p-" in q.detail, q.detail
     q = ctx.reject("item", "missing_file", "image file 'plain' does not exist")
     assert q.detail == "image file 'plain' does not exist"
 
