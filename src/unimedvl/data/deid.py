@@ -212,8 +212,9 @@ def _name_span(text: str, start: int, end: int, cat: str, first, last, vocab) ->
             continue
         if len(word.rstrip(".")) > 1 and not _is_name_word(word, vocab):
             w = word.lower().rstrip(".")
-            if not (cat == "name_title" and kept and w not in _NOT_NAMES and (w in last or w in first)):
-                break  # after a title a surname that is also a word ("Mrs. Felix Ring") is still a name
+            after_title = cat == "name_title" or bool(kept and kept[0][2].rstrip(".").lower() in _TITLE_WORDS)
+            if not (after_title and w not in _NOT_NAMES and (w in last or w in first)):
+                break  # after a title a surname that is also a word ("Mrs. Felix Ring", "Dr. Ng") is still a name
         if word.rstrip(".").lower() in EPONYMS and _eponym_use(text, t[1]):
             break
         kept.append(t)
