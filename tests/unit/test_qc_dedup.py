@@ -107,3 +107,17 @@ def test_load_scorer_imports_factories_and_instances_and_refuses_the_rest(tmp_pa
     with pytest.raises(ValueError, match="must look like 'package.module:factory'"):
         load_scorer("my_align.Const")
     assert not isinstance(object(), AlignmentScorer)
+
+
+def test_batched_correlations_equal_the_single_pair_ones_flat_images_included():
+    from unimedvl.qc.dedup import correlation, correlations, thumbnail
+
+    flat_a, flat_b = np.full((32, 32), 7, np.uint8), np.full((32, 32), 200, np.uint8)
+    thumbs = [thumbnail(phantom(1)), thumbnail(near_copy(phantom(1))), thumbnail(flat_a), thumbnail(flat_b),
+              thumbnail(phantom(2))]
+    pairs = np.array([(0, 1), (2, 3), (0, 2), (0, 4)])
+    got = correlations(thumbs, pairs, chunk=3)  # two chunks
+    want = [correlation(thumbs[a], thumbs[b]) for a, b in pairs.tolist()]
+    assert got.tolist() == pytest.approx(want, abs=1e-6)  # float32 batches vs the float64 single pair
+    assert got[1] == 1.0 and got[2] == 0.0  # two flat images are the same picture; flat vs textured is not
+    assert got[0] > 0.9 > got[3]

@@ -46,6 +46,9 @@ def test_image_leakage_leaves_the_earlier_split(tmp_path, earlier, later, copy):
     ])
     assert verdicts == {"leaked": "split_leakage"}
     assert metrics["dedup"]["split_leakage"] == {f"{earlier}->{later}": 1}
+    # Three padding images plus the pair: one image if the copy is exact, two and one confirmed near pair if not.
+    d = metrics["dedup"]
+    assert (d["unique_images"], d["near_dup_pairs"]) == ((4, 0) if copy == "exact" else (5, 1)), d
 
 
 def test_a_train_val_test_chain_keeps_only_test(tmp_path):
