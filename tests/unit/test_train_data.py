@@ -152,3 +152,11 @@ def test_all_images_lists_every_input_and_output_image_of_the_split(data):
     few = all_images(data, "train", limit=5, seed=1)
     assert len(few) == 5 and set(few) <= set(want["train"]) and few == all_images(data, "train", limit=5, seed=1)
     assert few != all_images(data, "train", limit=5, seed=2)
+
+
+def test_all_texts_stops_after_limit_records(data):
+    from unimedvl.train.data import all_texts
+
+    everything = list(all_texts(data))
+    assert len(list(all_texts(data, limit=3))) == 6 < len(everything)  # 3 records x (question, answer)
+    assert list(all_texts(data, limit=3)) == everything[:6] and all("<image>" not in t for t in everything)

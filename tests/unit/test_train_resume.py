@@ -57,8 +57,10 @@ def test_prune_keeps_the_last_n(tmp_path):
         d = tmp_path / f"step-{s:07d}"
         d.mkdir()
         (d / checkpoints.DONE_MARK).write_text(str(s))
+        (tmp_path / "deepspeed" / d.name).mkdir(parents=True)  # its DeepSpeed shards
     checkpoints.prune(tmp_path, keep=3)
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000004", "step-0000006", "step-0000008"]
+    assert sorted(p.name for p in (tmp_path / "deepspeed").iterdir()) == ["step-0000004", "step-0000006", "step-0000008"]
 
 
 def test_ema_schedule_is_a_param():
