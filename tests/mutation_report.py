@@ -3,7 +3,8 @@
 Score = killed / (killed + survived), per module and over all, with the mutants listed in
 tests/mutation-equivalent.md (each with the reason it cannot change behaviour) left out. A mutant no
 test reaches ("no tests") counts as survived: nothing would notice it. Timeouts count as killed (the
-mutant made a test hang, which a CI run notices). Statuses come from mutmut's own exit-code table.
+mutant made a test hang, which a CI run notices). Mutants not run yet (`make mutation MUTANTS=...`
+limits a run) are counted as unrun and not scored. Statuses come from mutmut's own exit-code table.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def collect(mutants_dir: Path) -> dict[str, Counter]:
                 counts["killed"] += 1
             elif status in SURVIVED:
                 counts["survived"] += 1
+            elif status == "not checked":
+                counts["unchecked"] += 1  # not run yet (a run limited by MUTANTS=...): not scored
             else:
                 counts["other"] += 1  # not checked, skipped, suspicious: reported, not scored
     return table
@@ -63,12 +66,12 @@ def main(argv: list[str]) -> int:
         print(f"no mutmut results under {mutants_dir}: run `make mutation`", file=sys.stderr)
         return 1
     total: Counter = Counter()
-    print(f"{'module':48} {'killed':>7} {'survived':>9} {'equiv.':>7} {'other':>6} {'score':>6}")
+    print(f"{'module':48} {'killed':>7} {'survived':>9} {'equiv.':>7} {'other':>6} {'unrun':>6} {'score':>6}")
     for module in sorted(table):
         c = table[module]
         total.update(c)
         s = score(c)
-        print(f"{module:48} {c['killed']:7d} {c['survived']:9d} {c['equivalent']:7d} {c['other']:6d} "
+        print(f"{module:48} {c['killed']:7d} {c['survived']:9d} {c['equivalent']:7d} {c['other']:6d} {c['unchecked']:6d} "
               f"{'n/a' if s is None else f'{s:.3f}':>6}")
     overall = score(total)
     print(f"mutation score: {'n/a' if overall is None else f'{overall:.3f}'}")

@@ -20,3 +20,11 @@ def test_shortest_forms_are_removed(text, value, category):
     out, touched = scrub_text(text, mode="drop")
     assert value not in out and category in touched, (out, touched)
     assert out.rstrip(".").split()[-1] in text  # the sentence around the value survives
+
+
+@pytest.mark.parametrize("text", ["Dictated by Dr. Ng.", "Seen by Dr. Ng today.", "Findings discussed with Dr. Wu. Heart size is normal."])
+def test_a_short_surname_after_a_title_is_removed(text):
+    """A two-letter surname that is also a clinical abbreviation ("NG" tube) is still a name after a title."""
+    out, touched = scrub_text(text)
+    assert "Ng" not in out and "Wu" not in out and "text:name" in touched, out
+    assert out.split()[0] in text  # the words around it survive

@@ -131,20 +131,32 @@ def test_sdpa_path_equals_dense_reference():
 
 
 def test_flex_path_equals_dense_reference():
-    try:
-        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
-    except ImportError:  # pragma: no cover
-        pytest.skip("flex_attention is not in this torch build; the fused path needs a GPU build")
+    """The pinned torch (2.13, CPU build) runs flex_attention's forward on CPU, so a failure here is a
+    failure, never a skip."""
     layout = AttentionLayout.from_splits(SPLITS)
     q, k, v = _qkv(len(layout))
     ref = dense_reference_attention(q, k, v, reference_mask(SPLITS))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "called without torch.compile": expected on CPU
-        try:
-            out = attend(q, k, v, layout.block_mask())
-        except (RuntimeError, NotImplementedError) as e:  # pragma: no cover
-            pytest.skip(f"flex_attention does not run on CPU in this torch ({e}); it needs a GPU")
+        out = attend(q, k, v, layout.block_mask())
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_attention_takes_the_dense_path_on_cpu_and_flex_when_asked():
+    """`attention: auto` is flex on GPU and SDPA with a dense bool mask on CPU (the documented fallback:
+    flex on CPU has no backward)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    model = build_model(PRESETS["tiny"])
+    layout = AttentionLayout.from_splits(SPLITS)
+    assert model.attention == "auto"
+    dense = model.attention_mask(layout)
+    assert isinstance(dense, torch.Tensor) and dense.dtype == torch.bool
+    assert torch.equal(dense, reference_mask(SPLITS))
+    model.attention = "flex"
+    assert isinstance(model.attention_mask(layout), BlockMask)
+    model.attention = "sdpa"
+    assert isinstance(model.attention_mask(layout), torch.Tensor)
 
 
 def _params(lm: LanguageModel, gen: bool) -> dict[str, torch.nn.Parameter]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -55,8 +56,14 @@ def test_autoencoder_shapes_and_latent_patches():
     tok = patchify_latent(lat, 2)
     assert tok.shape == (12, 64)
     assert torch.equal(unpatchify_latent(tok, 4, 3, 2, 16), lat)
+    # MAE's table: channels [sin(col w), cos(col w), sin(row w), cos(row w)], w_j = 10000^(-j / 8).
     table = sincos_2d(32, 4)
-    assert table.shape == (16, 32) and abs(table).max() <= 1.0
+    assert table.shape == (16, 32)
+    for row, col in ((0, 0), (1, 2), (3, 1)):
+        w = [10000 ** (-j / 8) for j in range(8)]
+        want = ([math.sin(col * x) for x in w] + [math.cos(col * x) for x in w]
+                + [math.sin(row * x) for x in w] + [math.cos(row * x) for x in w])
+        assert table[row * 4 + col].tolist() == pytest.approx(want, abs=1e-6), (row, col)
 
 
 def test_zero_initialised_latent_head_and_frozen_position_tables():
@@ -115,15 +122,28 @@ def test_tiny_model_overfits_one_batch_then_samples():
     model.eval()
     answer = model.generate_text(und[:2], max_new_tokens=10)
     assert answer == [30, 31, 32]  # stopped at EOS, which is not returned
-    sampled = model.generate_text(und[:2], max_new_tokens=10, top_p=0.9, temperature=0.5,
-                                  generator=torch.Generator().manual_seed(0))
-    assert len(sampled) <= 10
+    assert model.generate_text(und[:2], max_new_tokens=2) == [30, 31]  # cut at max_new_tokens, not past it
+    # Nucleus sampling on the overfitted model: the learned token holds > 90% of the sharpened mass at
+    # every position, so the nucleus is that token alone and every seed samples the answer.
+    for seed in range(3):
+        sampled = model.generate_text(und[:2], max_new_tokens=10, top_p=0.9, temperature=0.5,
+                                      generator=torch.Generator().manual_seed(seed))
+        assert sampled == [30, 31, 32], seed
 
-    image = model.generate_image(gen[:1], height=64, width=48, num_steps=3, cfg_text_scale=2.0,
-                                 generator=torch.Generator().manual_seed(0))
-    assert image.shape == (3, 64, 48) and image.abs().max() <= 1.0
-    edited = model.edit_image(torch.zeros(3, 32, 48), [1, 40, 41], num_steps=2)
-    assert edited.shape == (3, 32, 48)
+    def sample(**kw):
+        return model.generate_image(gen[:1], height=64, width=48, num_steps=3, generator=torch.Generator().manual_seed(0),
+                                    **kw)
+
+    image, latent = sample(cfg_text_scale=2.0), sample(cfg_text_scale=2.0, return_latent=True)
+    assert image.shape == (3, 64, 48) and latent.shape == (model.cfg.vae.z_channels, 8, 6)
+    # The image is the autoencoder's decoding of the sampled latent; the text guidance changes it.
+    with torch.no_grad():
+        assert torch.allclose(image, model.autoencoder.decode(latent[None])[0].clamp(-1, 1), atol=1e-5)
+    assert not torch.allclose(latent, sample(cfg_text_scale=1.0, return_latent=True), atol=1e-3)
+    # An edit starts from the source image: another source (same instruction, same noise) gives another result.
+    edit = [model.edit_image(src, [1, 40, 41], num_steps=2, generator=torch.Generator().manual_seed(0), return_latent=True)
+            for src in (torch.zeros(3, 32, 48), torch.full((3, 32, 48), 0.8))]
+    assert edit[0].shape == (model.cfg.vae.z_channels, 4, 6) and not torch.allclose(edit[0], edit[1], atol=1e-3)
 
 
 def test_image_size_must_fit_the_latent_grid():

@@ -85,3 +85,29 @@ def test_local_overlay_pins_the_version_and_leaves_the_committed_one(tmp_path):
     isvc = next(d for d in docs if d["kind"] == "InferenceService")
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://unimedvl-models/unimedvl/7/"
     assert (REPO / "infra/overlays/staging/inferenceservice-patch.yaml").read_text() == committed
+
+
+def test_boundaries_are_inclusive_and_the_result_carries_the_numbers():
+    """Exactly at min, at baseline + margin and at incumbent - max_regression passes (>=, not >); the
+    result names the gate and value, and the regression threshold is below the incumbent."""
+    gate = GateConfig(metric="vqa.finding.accuracy", min=0.5, baseline="vqa.finding.blind.accuracy", margin=0.25, max_regression=0.25)
+    r = check_gate(gate, metrics(vqa__finding__accuracy=0.75, vqa__finding__blind__accuracy=0.5), metrics(vqa__finding__accuracy=1.0))
+    assert r.passed, r.checks
+    assert (r.gate, r.metric, r.value) == ("vqa.finding.accuracy",) * 2 + (0.75,)
+    assert [c["threshold"] for c in r.checks] == [0.5, 0.75, 0.75] and r.checks[2]["incumbent"] == 1.0
+    below = check_gate(gate, metrics(vqa__finding__accuracy=0.74, vqa__finding__blind__accuracy=0.5), metrics(vqa__finding__accuracy=1.0))
+    assert [c["passed"] for c in below.checks] == [True, False, False]
+
+
+def test_an_incumbent_whose_metric_is_not_ok_does_not_block():
+    r = check_gate(GATE, metrics(vqa__finding__accuracy=0.7, vqa__finding__blind__accuracy=0.5),
+                   metrics(vqa__finding__accuracy=None))
+    assert r.passed and r.reason is None
+    last = r.checks[-1]
+    assert last["rule"] == "max_regression" and last["passed"] is True and "nothing to regress from" in last["reason"]
+
+
+def test_licence_gate_result_names_itself():
+    ok, bad = licence_gate(False, [], False), licence_gate(True, [], True)
+    assert ok.gate == bad.gate == "licence" and ok.checks[0]["passed"] and not bad.checks[0]["passed"]
+    assert "unknown" in bad.reason  # no licence list: named as unknown

@@ -79,6 +79,9 @@ def test_alignment_cut_keeps_the_top_fraction_and_unjudged_records():
     drop, cut = below_cut([0.9, 0.1, math.nan, 0.5, 0.5, 0.3], 0.5)
     assert cut == 0.5 and drop == [False, True, False, False, False, True]  # 3 of 5 judged kept
     assert below_cut([0.5, 0.5, 0.5, 0.5], 0.5)[0] == [False, False, True, True]  # ties: exact fraction
+    # Distinct scores: the top 2 of 5 stay, whatever their input order; ties at the cut fill the quota only.
+    assert below_cut([0.9, 0.1, 0.7, 0.3, 0.5], 0.4) == ([False, True, False, True, True], 0.7)
+    assert below_cut([0.9, 0.5, 0.5, 0.5, 0.1], 0.4) == ([False, False, True, True, True], 0.5)
 
 
 
@@ -104,3 +107,17 @@ def test_load_scorer_imports_factories_and_instances_and_refuses_the_rest(tmp_pa
     with pytest.raises(ValueError, match="must look like 'package.module:factory'"):
         load_scorer("my_align.Const")
     assert not isinstance(object(), AlignmentScorer)
+
+
+def test_batched_correlations_equal_the_single_pair_ones_flat_images_included():
+    from unimedvl.qc.dedup import correlation, correlations, thumbnail
+
+    flat_a, flat_b = np.full((32, 32), 7, np.uint8), np.full((32, 32), 200, np.uint8)
+    thumbs = [thumbnail(phantom(1)), thumbnail(near_copy(phantom(1))), thumbnail(flat_a), thumbnail(flat_b),
+              thumbnail(phantom(2))]
+    pairs = np.array([(0, 1), (2, 3), (0, 2), (0, 4)])
+    got = correlations(thumbs, pairs, chunk=3)  # two chunks
+    want = [correlation(thumbs[a], thumbs[b]) for a, b in pairs.tolist()]
+    assert got.tolist() == pytest.approx(want, abs=1e-6)  # float32 batches vs the float64 single pair
+    assert got[1] == 1.0 and got[2] == 0.0  # two flat images are the same picture; flat vs textured is not
+    assert got[0] > 0.9 > got[3]

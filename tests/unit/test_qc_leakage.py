@@ -46,6 +46,12 @@ def test_image_leakage_leaves_the_earlier_split(tmp_path, earlier, later, copy):
     ])
     assert verdicts == {"leaked": "split_leakage"}
     assert metrics["dedup"]["split_leakage"] == {f"{earlier}->{later}": 1}
+    # Three padding images plus the pair: one image if the copy is exact, two and one confirmed near pair if not.
+    d = metrics["dedup"]
+    assert (d["unique_images"], d["near_dup_pairs"]) == ((4, 0) if copy == "exact" else (5, 1)), d
+    assert d["text_leakage"] == {}  # short captions: no report text to compare, still reported
+    (detail,) = [q.detail for q in read_quarantine(tmp_path / "out")]
+    assert detail.startswith("input image ") and f"removed from {earlier}" in detail, detail
 
 
 def test_a_train_val_test_chain_keeps_only_test(tmp_path):

@@ -151,3 +151,23 @@ def test_edit_matches_the_reference_trajectory(model):
 def test_patchify_round_trip_used_by_the_reference():
     lat = torch.randn(16, 4, 4)
     assert torch.equal(unpatchify_latent(patchify_latent(lat, 2), 2, 2, 2, 16), lat)
+
+
+def test_nucleus_keeps_the_smallest_set_holding_top_p_and_temperature_sharpens():
+    from unimedvl.model.sampling import _pick
+
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    g = torch.Generator().manual_seed(0)
+
+    def drawn(top_p, temperature=1.0, n=300):
+        return [_pick(logits, top_p, temperature, g) for _ in range(n)]
+
+    assert _pick(logits[[2, 0, 1, 3]], None, 1.0, None) == 1  # greedy: the arg max, wherever it is
+    # top_p 0.7: 0.5 alone holds less, 0.5 + 0.3 holds enough -> exactly tokens 0 and 1, in about 5:3.
+    two = drawn(0.7)
+    assert set(two) == {0, 1} and 0.5 < two.count(0) / len(two) < 0.75
+    assert set(drawn(0.45)) == {0}  # the most likely token alone already holds top_p
+    assert set(drawn(1.0)) == {0, 1, 2, 3}
+    assert set(drawn(1.0, temperature=0.05)) == {0}  # near-zero temperature: (almost) greedy
+    hot = drawn(1.0, temperature=5.0, n=600)  # a flatter distribution: the rare token far more often
+    assert hot.count(3) / len(hot) > 0.15 > drawn(1.0, n=600).count(3) / 600

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from tests.train_helpers import make_dataset, make_model_folder, make_tokenizer
 from unimedvl.train.curriculum import PAPER, TINY, apply_freezing, normalise
-from unimedvl.train.data import MixtureLoader, ShardStore
+from unimedvl.train.data import MixtureLoader, ShardStore, record_to_sample
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -61,11 +62,22 @@ def test_mixture_sampling_matches_percentages(data, tok):
 def test_packing_respects_budget_and_is_deterministic(data, tok):
     spec = TINY["stage3"].override(max_tokens=300)
     loader = MixtureLoader(ShardStore(data), tok, spec, _cfg(tok), seed=3)
+    no_drop = spec.override(text_cond_dropout=0.0, vit_cond_dropout=0.0, vae_cond_dropout=0.0)
+    exact = MixtureLoader(ShardStore(data), tok, no_drop, _cfg(tok), seed=3)
     for step in range(15):
         b = loader.batch(step)
-        assert 0 < b.tokens <= 300 and b.packed.length == b.tokens
-        # Condition dropout can only shorten a sample, so the packed length stays within budget.
-        assert b.tokens <= sum(s.tokens for s in loader.samples(step)) <= 300
+        samples = loader.samples(step)
+        # The packed sequence holds every position the model sees, one per sample token.
+        assert 0 < b.tokens <= 300 and sum(b.packed.sample_lens) == b.packed.position_ids.numel() == b.tokens
+        # Condition dropout can only shorten a sample, so the packed length stays within budget;
+        # without dropout it is exactly the budget's count (count_tokens agrees with pack's layout).
+        assert b.tokens <= sum(s.tokens for s in samples) <= 300
+        assert exact.batch(step).tokens == sum(s.tokens for s in exact.samples(step))
+        # Greedy filling: the packer stops only at the first draw that would overflow the budget.
+        fitting = [t for t in (record_to_sample(loader.store.row(ref), tok, spec, _cfg(tok)).tokens
+                               for _, ref in itertools.islice(loader.draws(step), len(samples) + 40)) if t <= 300]
+        assert fitting[: len(samples)] == [s.tokens for s in samples]
+        assert sum(fitting[: len(samples)]) + fitting[len(samples)] > 300
     again = MixtureLoader(ShardStore(data), tok, spec, _cfg(tok), seed=3).batch(7)
     first = loader.batch(7)
     assert torch.equal(first.packed.text_ids, again.packed.text_ids)
@@ -124,3 +136,27 @@ def _cfg(tok):
 
     cfg = PRESETS["tiny"]
     return cfg.replace(llm=replace(cfg.llm, vocab_size=tok.vocab_size))
+
+
+def test_all_images_lists_every_input_and_output_image_of_the_split(data):
+    from unimedvl.data.shards import read_table
+    from unimedvl.train.data import all_images
+
+    rows = read_table(data).to_pylist()
+    want = {"train": [], "val": []}
+    for r in rows:
+        want[r["split"]] += [i["bytes"] for i in (r["input_img"] or []) + (r["output_img"] or [])]
+    got = all_images(data, "train")
+    assert sorted(got) == sorted(want["train"]) and any(r["output_img"] for r in rows if r["split"] == "train")
+    assert sorted(all_images(data, "val")) == sorted(want["val"])
+    few = all_images(data, "train", limit=5, seed=1)
+    assert len(few) == 5 and set(few) <= set(want["train"]) and few == all_images(data, "train", limit=5, seed=1)
+    assert few != all_images(data, "train", limit=5, seed=2)
+
+
+def test_all_texts_stops_after_limit_records(data):
+    from unimedvl.train.data import all_texts
+
+    everything = list(all_texts(data))
+    assert len(list(all_texts(data, limit=3))) == 6 < len(everything)  # 3 records x (question, answer)
+    assert list(all_texts(data, limit=3)) == everything[:6] and all("<image>" not in t for t in everything)

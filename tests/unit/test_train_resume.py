@@ -1,5 +1,7 @@
-"""Training correctness: a checkpoint resumes only under the code that wrote it and only an interrupted
-run, the EMA schedule is a param, the logged lr is the applied one, use_gpu without CUDA is an error."""
+"""Training correctness: a run killed after a checkpoint and resumed ends bit-identical to an
+uninterrupted one (weights, optimizer moments, step, EMA, data order); a checkpoint resumes only under
+the code that wrote it and only an interrupted run, the EMA schedule is a param, the logged lr is the
+applied one, use_gpu without CUDA is an error."""
 
 from __future__ import annotations
 
@@ -55,8 +57,10 @@ def test_prune_keeps_the_last_n(tmp_path):
         d = tmp_path / f"step-{s:07d}"
         d.mkdir()
         (d / checkpoints.DONE_MARK).write_text(str(s))
+        (tmp_path / "deepspeed" / d.name).mkdir(parents=True)  # its DeepSpeed shards
     checkpoints.prune(tmp_path, keep=3)
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000004", "step-0000006", "step-0000008"]
+    assert sorted(p.name for p in (tmp_path / "deepspeed").iterdir()) == ["step-0000004", "step-0000006", "step-0000008"]
 
 
 def test_ema_schedule_is_a_param():
@@ -104,3 +108,93 @@ def test_profile_env_var_must_match_the_tracked_param_under_dvc(monkeypatch):
         resolve_params(params)
     monkeypatch.setenv("UNIMEDVL_PROFILE", "demo")
     assert resolve_params(params).train.profile == "demo"
+
+
+class _Killed(Exception):
+    """The worker dying mid-step (after a checkpoint was written, before the next one)."""
+
+
+def _recorded_run(folders, out, ckpt, monkeypatch, drawn: list, kill_at_call=None):
+    """One stage1 run on the local backend, appending (step, sample ids drawn) to `drawn`. With
+    `kill_at_call`, the train step of that call (1-based) raises, as a killed worker would stop."""
+    from unimedvl.train import data as data_mod
+    from unimedvl.train import loop
+
+    real_record, real_samples, real_step = data_mod.record_to_sample, data_mod.MixtureLoader.samples, loop.train_step
+
+    def record(row, *a, **kw):
+        s = real_record(row, *a, **kw)
+        s.row_id = row["id"]
+        return s
+
+    def samples(self, step):
+        out_ = real_samples(self, step)
+        drawn.append((step, [s.row_id for s in out_]))
+        return out_
+
+    calls = []
+
+    def step(*a, **kw):
+        calls.append(1)
+        if len(calls) == kill_at_call:
+            raise _Killed
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(data_mod, "record_to_sample", record)
+    monkeypatch.setattr(data_mod.MixtureLoader, "samples", samples)
+    monkeypatch.setattr(loop, "train_step", step)
+    params = Params(train={"backend": "local", "heldout_samples": 1, "grid_steps": 2, "checkpoint_every": 3,
+                           "keep_checkpoints": 3}, stage1={"steps": 6, "max_tokens": 300}, tracking={"enabled": False})
+    data, ae = folders
+    try:
+        return run_stage("stage1", data, out, params, prev_dir=ae, progress=False, checkpoint_dir=ckpt)
+    finally:
+        monkeypatch.undo()
+
+
+def _state(ckpt, step):
+    return torch.load(ckpt / f"step-{step:07d}" / checkpoints.STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def _assert_same_tensors(a: dict, b: dict, what: str):
+    assert a.keys() == b.keys(), what
+    for k in a:
+        same = torch.equal(a[k], b[k])
+        assert same, f"{what}: {k} differs"
+
+
+def test_kill_and_resume_equals_the_uninterrupted_run(folders, tmp_path, monkeypatch):
+    from unimedvl.train.ray_job import read_losses
+
+    full_drawn, killed_drawn, resumed_drawn = [], [], []
+    full = _recorded_run(folders, tmp_path / "full", tmp_path / "ck-full", monkeypatch, full_drawn)
+    ck = tmp_path / "ck-killed"
+    with pytest.raises(_Killed):  # dies in step 3 (0-based), after the checkpoint of step 3 was written
+        _recorded_run(folders, tmp_path / "killed", ck, monkeypatch, killed_drawn, kill_at_call=4)
+    assert checkpoints.latest_checkpoint(ck)[0] == 3 and not (ck / checkpoints.FINISHED).exists()
+    assert killed_drawn[:4] == full_drawn[:4]
+    resumed = _recorded_run(folders, tmp_path / "resumed", ck, monkeypatch, resumed_drawn)
+
+    # The step counter: the resumed run starts at the checkpoint and ends where the full run did.
+    assert (full["start_step"], full["steps"]) == (0, 6)
+    assert (resumed["start_step"], resumed["steps"]) == (3, 6)
+    assert resumed["samples_seen"] == full["samples_seen"] and resumed["tokens_seen"] == full["tokens_seen"]
+    assert resumed["ema_updates"] == full["ema_updates"] == 6
+    # Data order: the resumed run draws steps 3..5 with the very sample ids the full run drew there.
+    assert [s for s, _ in full_drawn] == list(range(6))
+    assert resumed_drawn == full_drawn[3:]
+    # Weights, optimizer moments and step, schedule, EMA of the final checkpoints: bit-identical.
+    a, b = _state(tmp_path / "ck-full", 6), _state(ck, 6)
+    _assert_same_tensors(a["model"], b["model"], "weights")
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys() and a["optimizer"]["state"]
+    for i, sa in a["optimizer"]["state"].items():
+        _assert_same_tensors(sa, b["optimizer"]["state"][i], f"optimizer state of param {i}")
+        assert float(sa["step"]) == 6
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 6
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 6
+    _assert_same_tensors(a["ema"]["shadow"], b["ema"]["shadow"], "EMA")
+    assert a["data"] == b["data"]
+    # The per-step log of the resumed folder is the full run's, step for step.
+    keys = ("step", "loss", "ce", "mse", "lr", "grad_norm", "tokens", "samples")
+    assert [{k: r[k] for k in keys} for r in read_losses(ck)] == [{k: r[k] for k in keys} for r in read_losses(tmp_path / "ck-full")]

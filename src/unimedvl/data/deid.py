@@ -212,12 +212,16 @@ def _name_span(text: str, start: int, end: int, cat: str, first, last, vocab) ->
             continue
         if len(word.rstrip(".")) > 1 and not _is_name_word(word, vocab):
             w = word.lower().rstrip(".")
-            if not (cat == "name_title" and kept and w not in _NOT_NAMES and (w in last or w in first)):
-                break  # after a title a surname that is also a word ("Mrs. Felix Ring") is still a name
+            after_title = cat == "name_title" or bool(kept and kept[0][2].rstrip(".").lower() in _TITLE_WORDS)
+            if not (after_title and w not in _NOT_NAMES and (w in last or w in first)):
+                break  # after a title a surname that is also a word ("Mrs. Felix Ring", "Dr. Ng") is still a name
         if word.rstrip(".").lower() in EPONYMS and _eponym_use(text, t[1]):
             break
         kept.append(t)
-    while kept and kept[-1][2].endswith(".") and len(kept[-1][2]) > 2 and kept[-1][1] == end and _sentence_end(text, kept[-1][1]):
+        stop = t[1] + (0 if word.endswith(".") else 1)
+        if len(word.rstrip(".")) > 1 and text[stop - 1:stop] == "." and _sentence_end(text, stop):
+            break  # "Dr. Brown. Heart size..." - a full stop after a word (not an initial) ends the name
+    while kept and kept[-1][2].endswith(".") and len(kept[-1][2]) > 2 and _sentence_end(text, kept[-1][1]):
         kept[-1] = (kept[-1][0], kept[-1][1] - 1, kept[-1][2][:-1])  # "Dr. Smith." -> the full stop stays
     if cat == "name_initial" and (len(kept) < 2 or all(len(k[2].rstrip(".")) <= 1 for k in kept)):
         return None

@@ -84,8 +84,9 @@ _STREET_TYPES = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|
                  r"Vista|Bypass|Camp|Canyon|Cape|Causeway|Center|Centre|Cliff|Club|Common|Corner|Course|Cove|"
                  r"Creek|Crest|Dale|Dam|Divide|Estates?|Ferry|Field|Flat|Ford|Forest|Garden|Gateway|Harbors|"
                  r"Hollow|Inlet|Lodge|Mall|Mount|Overpass|Ports|River|Road|Shores|Squares|Streets|Terrace)")
-_UNIT = (r"(?:,?[ \t]*(?:Apt|Apartment|Suite|Ste|Unit|Flat|Fl|Floor|Piso|Puerta|Appartamento|Piano|Interno|Etage|Bldg|"
-         r"Studio|#)\.?[ \t]*[A-Za-z0-9-]{1,6})*")
+# The word boundary: "Street. Sternotomy" is not the unit "Ste" + "rnotom".
+_UNIT = (r"(?:,?[ \t]*(?:(?:Apt|Apartment|Suite|Ste|Unit|Flat|Fl|Floor|Piso|Puerta|Appartamento|Piano|Interno|Etage|Bldg|"
+         r"Studio)\b|#)\.?[ \t]*[A-Za-z0-9-]{1,6})*")
 _INSTITUTION_WORDS = (r"(?:Hospital|Medical\s+Cent(?:er|re)|Clinic|Health\s+System|Healthcare|Health\s+Cent(?:er|re)|"
                       r"Infirmary|Hospice|Institute|University|College|Klinikum|Krankenhaus|Klinik|Clinique|"
                       r"Ospedale|Policlinico|Imaging\s+Cent(?:er|re)|Radiology\s+Associates|Medical\s+Group|"
