@@ -142,21 +142,29 @@ def test_flex_path_equals_dense_reference():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_auto_attention_takes_the_dense_path_on_cpu_and_flex_when_asked():
-    """`attention: auto` is flex on GPU and SDPA with a dense bool mask on CPU (the documented fallback:
-    flex on CPU has no backward)."""
+def test_auto_attention_on_cpu_is_sdpa_per_sample_and_flex_when_asked():
+    """`attention: auto` is flex on GPU; on CPU (flex has no backward there) SDPA per sample for a pack
+    of several samples, whose blocks are the reference rules, and one dense mask for a single sample."""
     from torch.nn.attention.flex_attention import BlockMask
 
     model = build_model(PRESETS["tiny"])
     layout = AttentionLayout.from_splits(SPLITS)
     assert model.attention == "auto"
-    dense = model.attention_mask(layout)
-    assert isinstance(dense, torch.Tensor) and dense.dtype == torch.bool
-    assert torch.equal(dense, reference_mask(SPLITS))
+    blocks = model.attention_mask(layout)
+    assert isinstance(blocks, SampleBlocks)
+    ref = reference_mask(SPLITS)
+    for b, length in enumerate(sum(n for n, _ in sample) for sample in SPLITS):
+        rows = blocks.index[b, :length]
+        assert blocks.valid[b, :length].all() and not blocks.valid[b, length:].any()
+        assert torch.equal(blocks.mask[b, 0, :length, :length], ref[rows][:, rows])
+        assert not blocks.mask[b, 0, :length, length:].any()  # real queries never see padding
+    single = model.attention_mask(AttentionLayout.from_splits(SPLITS[:1]))
+    assert isinstance(single, torch.Tensor) and torch.equal(single, reference_mask(SPLITS[:1]))
     model.attention = "flex"
     assert isinstance(model.attention_mask(layout), BlockMask)
     model.attention = "sdpa"
-    assert isinstance(model.attention_mask(layout), torch.Tensor)
+    dense = model.attention_mask(layout)
+    assert isinstance(dense, torch.Tensor) and torch.equal(dense, ref)
 
 
 def _params(lm: LanguageModel, gen: bool) -> dict[str, torch.nn.Parameter]:
