@@ -103,24 +103,30 @@ def test_whole_model_per_sample_path_equals_one_dense_mask():
     torch.testing.assert_close(blocks, dense, rtol=1e-4, atol=1e-5)
 
 
-def test_vit_batches_images_of_one_size_like_the_block_diagonal_mask():
-    from unimedvl.model.vision import block_diagonal_mask
-
+def test_vit_attends_within_each_image_of_a_pack():
+    """Packed images of different sizes give each image's features alone, and no image reads another:
+    the reference is one dense block-diagonal mask written out here."""
     torch.manual_seed(0)
     vit = build_model(PRESETS["tiny"]).vit_model.vision_model.eval()
     p = vit.cfg.patches_per_side ** 2
-    patches = torch.randn(3 * p, vit.embeddings.patch_embedding.in_features)
-    pos = torch.arange(p).repeat(3)
+    lens = [p, p // 2, p]
+    patches = torch.randn(sum(lens), vit.embeddings.patch_embedding.in_features)
+    pos = torch.cat([torch.arange(n) for n in lens])
+    ids = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
     with torch.no_grad():
-        batched = vit(patches, pos, [p, p, p])
+        packed = vit(patches, pos, lens)
         x = vit.embeddings(patches, pos)
-        mask = block_diagonal_mask([p, p, p], x.device)
         for layer in vit.encoder.layers:
-            x = layer(x, mask)
+            a = layer.self_attn
+            h = layer.layer_norm1(x)
+            q, k, v = (m(h).view(len(h), a.num_heads, -1).transpose(0, 1) for m in (a.q_proj, a.k_proj, a.v_proj))
+            y = dense_reference_attention(q, k, v, ids[:, None] == ids[None, :])
+            x = x + a.out_proj(y.transpose(0, 1).reshape(len(h), -1))
+            x = x + layer.mlp(layer.layer_norm2(x))
         masked = vit.post_layernorm(x)
-        alone = vit(patches[:p], pos[:p], [p])
-    torch.testing.assert_close(batched, masked, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(batched[:p], alone, rtol=1e-4, atol=1e-5)
+        alone = vit(patches[p : p + p // 2], pos[p : p + p // 2], [p // 2])
+    torch.testing.assert_close(packed, masked, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(packed[p : p + p // 2], alone, rtol=1e-4, atol=1e-5)
 
 
 def test_sdpa_path_equals_dense_reference():

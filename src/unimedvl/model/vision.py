@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ViTConfig
+from .mot import AttentionLayout, SampleBlocks, attend
 
 
 def patchify_image(image: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -22,12 +23,6 @@ def patchify_image(image: torch.Tensor, patch_size: int) -> torch.Tensor:
     h, w = hh // p, ww // p
     x = image[:, : h * p, : w * p].reshape(c, h, p, w, p)
     return torch.einsum("chpwq->hwpqc", x).reshape(h * w, p * p * c)
-
-
-def block_diagonal_mask(seqlens: list[int], device: torch.device) -> torch.Tensor:
-    """Boolean [N, N] mask letting tokens attend only within their own image."""
-    ids = torch.repeat_interleave(torch.arange(len(seqlens), device=device), torch.tensor(seqlens, device=device))
-    return ids[:, None] == ids[None, :]
 
 
 class VisionEmbeddings(nn.Module):
@@ -54,18 +49,11 @@ class VisionAttention(nn.Module):
         self.v_proj = nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | int | None) -> torch.Tensor:
-        """`mask`: a bool [N, N] mask, None (one image), or the patch count of images of one size: then
-        they attend as a batch [images, heads, patches, patches], not one masked [N, N] product."""
+    def forward(self, x: torch.Tensor, blocks: SampleBlocks | None) -> torch.Tensor:
+        """`blocks`: each image of the pack attends within itself (None: the pack is one image)."""
         n, d = x.shape
-        if isinstance(mask, int):
-            q, k, v = (m(x).view(n // mask, mask, self.num_heads, -1).transpose(1, 2)
-                       for m in (self.q_proj, self.k_proj, self.v_proj))
-            y = F.scaled_dot_product_attention(q, k, v)
-            return self.out_proj(y.transpose(1, 2).reshape(n, d))
         q, k, v = (m(x).view(n, self.num_heads, -1).transpose(0, 1) for m in (self.q_proj, self.k_proj, self.v_proj))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out_proj(y.transpose(0, 1).reshape(n, d))
+        return self.out_proj(attend(q, k, v, blocks).transpose(0, 1).reshape(n, d))
 
 
 class VisionMLP(nn.Module):
@@ -90,8 +78,8 @@ class VisionLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = VisionMLP(cfg)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | int | None) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), mask)
+    def forward(self, x: torch.Tensor, blocks: SampleBlocks | None) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), blocks)
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -115,14 +103,11 @@ class VisionTransformer(nn.Module):
 
     def forward(self, patches: torch.Tensor, position_ids: torch.Tensor, seqlens: list[int]) -> torch.Tensor:
         x = self.embeddings(patches, position_ids)
-        if len(seqlens) <= 1:
-            mask: torch.Tensor | int | None = None
-        elif len(set(seqlens)) == 1:
-            mask = seqlens[0]  # images of one size (the stage's resolution): a plain batch
-        else:
-            mask = block_diagonal_mask(seqlens, x.device)
+        # Several images: per-image attention as one padded batch (the backbone's mechanism), not N^2.
+        blocks = (SampleBlocks.from_layout(AttentionLayout.from_splits([[(n, "full")] for n in seqlens], x.device))
+                  if len(seqlens) > 1 else None)
         for layer in self.encoder.layers:
-            x = layer(x, mask)
+            x = layer(x, blocks)
         return self.post_layernorm(x)
 
 
