@@ -29,8 +29,10 @@ repro: setup
 test: setup
 	$(BIN)/pytest
 
+# The slow tests fill the machine on their own (two-worker Ray/DeepSpeed jobs sized for both cores,
+# the whole DAG under kfp.local, full-size memory peaks): one process, not the default's two workers.
 test-all: setup
-	$(BIN)/pytest -m "slow or not slow"
+	$(BIN)/pytest -m "slow or not slow" -n 0
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -13,7 +13,8 @@ from tests.train_helpers import make_dataset, make_model_folder
 from unimedvl.config import Params
 from unimedvl.train.stages import run_stage
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.xdist_group("ray")]  # it starts Ray: one local Ray at a time
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from unimedvl.data.shards import read_quarantine
 from unimedvl.qc import run_qc
 from unimedvl.qc.run import map_local, shard_paths
 
-pytestmark = pytest.mark.slow  # starting Ray takes ~10-20 s on two cores
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # starting Ray takes ~10-20 s on two cores; one Ray at a time
 
 
 def test_ray_engine_matches_local(tmp_path):
