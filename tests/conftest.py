@@ -37,7 +37,7 @@ def smoke_pipeline(tmp_path_factory):
     return build_smoke_pipeline(tmp_path_factory.mktemp("smoke-pipeline"))
 
 
-# --- pytest-xdist (`-n 2 --dist loadgroup`, pyproject addopts) ------------------------------------------
+# --- pytest-xdist (pyproject addopts: two workers, `--dist loadgroup`) -----------------------------------
 # A session- or module-scoped fixture is built once per worker that runs a test using it: the smoke
 # pipeline (~1 min), the S3 and MLflow servers, a module's model or server. So every test that shares
 # such a fixture with another goes to one worker, as one xdist group; tests sharing two of them (say

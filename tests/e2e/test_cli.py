@@ -74,6 +74,7 @@ def test_bad_params_file_is_reported_with_the_key(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # trains under local Ray (params.yaml: backend ray): one Ray at a time
 def test_dvc_repro_runs_the_pipeline_on_the_packaged_corpus(tmp_path):
     """The README's main command underneath: `dvc repro` of every stage in a fresh git repository."""
     work = tmp_path / "repo"

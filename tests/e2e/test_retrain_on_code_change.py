@@ -19,6 +19,7 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # trains under local Ray (params.yaml: backend ray): one Ray at a time
 def test_code_change_retrains_stage1_from_step_0(tmp_path):
     work = tmp_path / "repo"
     work.mkdir()

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # trains under local Ray (params.yaml: backend ray): one Ray at a time
 def test_smoke_pipeline_losses_fall(tmp_path, monkeypatch):
     import torch
 
