@@ -64,6 +64,24 @@ def test_a_train_val_test_chain_keeps_only_test(tmp_path):
     assert verdicts == {"in-train": "split_leakage", "in-val": "split_leakage"}
 
 
+@pytest.mark.parametrize("within_split", [False, True])
+def test_within_split_near_pairs_are_confirmed_only_when_they_can_decide(tmp_path, within_split):
+    image = phantom(11)
+    metrics, verdicts = _run(tmp_path, [
+        make_record("a-train", images=[image], answer="The same caption of the radiograph."),
+        make_record("b-train", images=[near_copy(image)], answer="The same caption of the radiograph."),
+        make_record("c-val", split="val", images=[near_copy(near_copy(image))], answer="Another caption here."),
+    ], near_dup_within_split=within_split)
+    d = metrics["dedup"]
+    # cross-split leakage is decided the same way either way: both train records leave for val's copy
+    assert verdicts == {"a-train": "split_leakage", "b-train": "split_leakage"}, verdicts
+    # the train-train pair (and the padding's pairs) only matter to within-split deduplication
+    if within_split:
+        assert d["near_dup_checked"] == d["near_dup_candidates"], d
+    else:
+        assert d["near_dup_checked"] < d["near_dup_candidates"], d
+
+
 def test_official_split_sources_keep_image_overlap_and_report_it(tmp_path):
     image = phantom(9)
     metrics, verdicts = _run(tmp_path, [
