@@ -419,3 +419,30 @@ def test_cli_overrides_and_grid(tmp_path):
     res = CliRunner().invoke(app, ["phantom-grid", "--output", str(out), "--count", "2", "--params", str(tmp_path / "none.yaml")])
     assert res.exit_code == 0, res.output
     assert PILImage.open(out).size[0] > 200
+
+
+def test_presence_questions_are_a_fair_coin_for_every_chest_finding():
+    from unimedvl.data.phantoms.findings import with_chest_finding
+    from unimedvl.data.phantoms.tasks import balanced_presence
+
+    cfg = SimpleNamespace(image_size=64, min_visible_px=3.0)
+    rng = np.random.default_rng(5)
+    asked: Counter = Counter()
+    yes: Counter = Counter()
+    for _ in range(1500):
+        labels = sample_chest_labels(rng, cfg)
+        img, finding, present = balanced_presence(labels, rng)
+        assert present == any(f["type"] == finding for f in img["findings"])  # the answer is the image's truth
+        others = lambda lab: sorted((f["type"], f.get("side"), f.get("lobe")) for f in lab["findings"] if f["type"] != finding)
+        if finding != "cardiomegaly":  # only the finding asked about changes (cardiomegaly resizes consolidations)
+            assert others(img) == others(labels)
+        asked[finding] += 1
+        yes[finding] += present
+    # before: "yes" 15-45% per finding, as only findings the patient happened to have were asked "yes"
+    for f in asked:
+        assert 0.38 <= yes[f] / asked[f] <= 0.62, (f, yes[f], asked[f])
+    # pleural findings never share a side: an effusion cannot be added beside a pneumothorax
+    lab = sample_chest_labels(np.random.default_rng(0), cfg)
+    lab["findings"] = [{"type": "pneumothorax", "side": "left", "size": "small", "rim_mm": 5.0, "visible_floor_applied": False}]
+    assert with_chest_finding(lab, "effusion", np.random.default_rng(0)) is None
+    assert with_chest_finding(lab, "cardiomegaly", np.random.default_rng(0))["findings"][0]["type"] == "pneumothorax"

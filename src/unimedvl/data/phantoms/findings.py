@@ -365,6 +365,23 @@ def without_finding(labels: dict[str, Any], index: int) -> dict[str, Any]:
     return out
 
 
+def with_chest_finding(labels: dict[str, Any], kind: str, rng: np.random.Generator) -> dict[str, Any] | None:
+    """The same chest patient's labels with one `kind` finding added, drawn as the sampler draws it;
+    None where it cannot go (no free lobe, or a pleural side already taken by the other pleural finding)."""
+    pleural = {"effusion": "pneumothorax", "pneumothorax": "effusion"}
+    if kind in pleural and (_taken_sides(labels, pleural[kind]) or _taken_sides(labels, kind)):
+        return None
+    out = copy.deepcopy(labels)
+    f = _sample_chest_finding(rng, out, kind)
+    if f is None:
+        return None
+    out["findings"].append(f)
+    out["findings"].sort(key=lambda g: chest.FINDING_TYPES.index(g["type"]))
+    if kind == "cardiomegaly":
+        refresh_consolidations(out)
+    return out
+
+
 def refresh_consolidations(labels: dict[str, Any]) -> None:
     """Recompute the visible area of every consolidation (the heart size hides part of the lung)."""
     for f in labels["findings"]:
