@@ -105,6 +105,7 @@ def test_evaluate_writes_every_family(evaluated, smoke_pipeline):
     m = result.metrics
     for key in ("vqa.closed.accuracy", "vqa.closed.blind.accuracy", "vqa.closed.majority.accuracy",
                 "vqa.finding.accuracy", "vqa.finding.blind.accuracy", "vqa.finding.mcnemar_p",
+                "vqa.finding.margin_auroc", "vqa.finding.blind.margin_auroc",
                 "vqa.open.exact", "vqa.open.recall", "report.bleu4", "report.rouge_l", "report.finding.f1",
                 "generation.faithfulness.mean", "generation.faithfulness.untrained.mean",
                 "generation.faithfulness.permutation_p", "sr.psnr", "sr.bicubic.psnr", "sr.ssim",
@@ -127,6 +128,8 @@ def test_evaluate_writes_every_family(evaluated, smoke_pipeline):
     assert m["sr.bicubic.psnr"].value > 18
     a = m["vqa.finding.accuracy"]
     assert a.ci_low <= a.value <= a.ci_high
+    au = m["vqa.finding.margin_auroc"]
+    assert 0.0 <= au.ci_low <= au.value <= au.ci_high <= 1.0 and au.n == m["vqa.finding.accuracy"].n
     inp = result.inputs
     assert inp.protocol_version == 1 and inp.sampling.steps == smoke_pipeline["params"].evaluate.sampling.steps
     assert inp.benchmark_manifest_sha256 and inp.test_manifest_sha256 and len(inp.judge_sha256) == 64

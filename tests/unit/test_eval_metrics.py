@@ -21,6 +21,7 @@ from unimedvl.evaluate.generation import (
 from unimedvl.evaluate.report import bleu, finding_prf, label_report, report_metrics, rouge_l
 from unimedvl.evaluate.schema import FINDINGS, Status
 from unimedvl.evaluate.stats import (
+    auroc_metric,
     bootstrap_ci,
     hits_above_chance_p,
     mcnemar_exact,
@@ -140,6 +141,22 @@ def test_statistics():
     assert metric([1.0] * 3, min_n=5).status is Status.insufficient_samples
     assert permutation_test([1.0] * 30, [0.0] * 30, 500) < 0.01
     assert permutation_test([0.0] * 30, [1.0] * 30, 500) > 0.9
+
+
+def test_margin_auroc_sees_a_signal_the_greedy_answer_hides():
+    truth = [True, False] * 20
+    # every margin negative (greedy "no" throughout: accuracy 0.5), but higher for the true "yes"
+    hidden = [-1.0 + 0.5 * t for t in truth]
+    m = auroc_metric(truth, hidden, min_n=10, n_boot=200)
+    assert m.value == 1.0 and m.status is Status.ok and m.n == 40 and m.ci_high == 1.0
+    # a constant margin (the blind all-alike answerer) is chance, not undefined; reversed is 0
+    assert auroc_metric(truth, [2.0] * 40, min_n=10).value == 0.5
+    assert auroc_metric(truth, [-x for x in hidden], min_n=10, n_boot=0).value == 0.0
+    noisy = auroc_metric(truth, [t + np.sin(i) for i, t in enumerate(truth)], min_n=10, n_boot=300)
+    assert 0.5 < noisy.value < 1.0 and noisy.ci_low < noisy.value < noisy.ci_high
+    # one class only, or too few items: no number
+    assert auroc_metric([True] * 30, list(range(30)), min_n=10).status is Status.insufficient_samples
+    assert auroc_metric(truth[:6], hidden[:6], min_n=10).status is Status.insufficient_samples
 
 
 def test_frechet_distance_known_gaussians():

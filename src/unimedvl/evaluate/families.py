@@ -13,7 +13,7 @@ import numpy as np
 
 from . import understanding as U
 from .schema import FINDINGS, Metric
-from .stats import mcnemar_exact
+from .stats import auroc_metric, mcnemar_exact
 
 CLOSED_TASKS = ("vqa_closed",)
 OPEN_TASKS = ("vqa_open",)
@@ -98,9 +98,12 @@ def understanding(ev) -> None:
     ctxs = [ev.ctx(r) for r in finding]
     from .sampling import blind
 
-    preds = ev.answers(ctxs, 8, "finding questions")
-    blind_preds = ev.answers([blind(c) for c in ctxs], 8, "finding questions blind")
+    preds, margins = ev.yes_no_answers(ctxs, 8, "finding questions")
+    blind_preds, blind_margins = ev.yes_no_answers([blind(c) for c in ctxs], 8, "finding questions blind")
     refs = [_turns(r)[1] for r in finding]
+    truth = [_labels(r)["task"]["answer"] == "yes" for r in finding]
+    ev.put("vqa.finding.margin_auroc", auroc_metric(truth, margins, min_n, ev.n_boot, ev.seed, "finding questions"))
+    ev.put("vqa.finding.blind.margin_auroc", auroc_metric(truth, blind_margins, min_n, ev.n_boot, ev.seed, "finding questions"))
     ok = np.array([U.closed_correct(p, a) for p, a in zip(preds, refs, strict=True)], dtype=bool)
     okb = np.array([U.closed_correct(p, a) for p, a in zip(blind_preds, refs, strict=True)], dtype=bool)
     major = _majority(ev, finding)
@@ -117,6 +120,9 @@ def understanding(ev) -> None:
     for f in FINDINGS:
         vals = [float(o) for o, k in zip(ok, kinds, strict=True) if k == f]
         ev.mean(f"vqa.finding.by_finding.{f}.accuracy", vals, f"{f} questions")
+        sel = [i for i, k in enumerate(kinds) if k == f]
+        ev.put(f"vqa.finding.by_finding.{f}.margin_auroc", auroc_metric([truth[i] for i in sel], [margins[i] for i in sel],
+                                                                        min_n, ev.n_boot, ev.seed, f"{f} questions"))
         ev.plots.setdefault("by_group", []).append({"family": "finding", "by": "finding", "group": f,
                                                     "value": float(np.mean(vals)) if vals else 0.0, "n": len(vals)})
     ev.plots["confusion_finding"] = _confusion(preds, refs)

@@ -179,6 +179,19 @@ class Evaluation:
             bar.close()
         return [decode(self.tok, i) for i in ids]
 
+    def yes_no_answers(self, contexts: list, max_new_tokens: int, desc: str) -> tuple[list[str], list[float]]:
+        """Answers, and each answer's first-token logit("Yes") - logit("No"): how far the context moves
+        the yes/no decision, whichever way the greedy answer falls."""
+        from .sampling import decode, generate_texts
+
+        self.calls += len(contexts)
+        bar, tick = self.progress.bar(len(contexts), desc)
+        ids, firsts = generate_texts(self.model, contexts, max_new_tokens, self.cfg.sampling, tick, first_logits=True)
+        if bar is not None:
+            bar.close()
+        yes, no = self.tok.encode("Yes.")[0], self.tok.encode("No.")[0]
+        return [decode(self.tok, i) for i in ids], [float(lg[yes] - lg[no]) for lg in firsts]
+
     def images_for(self, model, contexts: list, seeds: list[int], desc: str) -> torch.Tensor:
         from .sampling import generate_images
 

@@ -35,18 +35,24 @@ def has_image(segments: list[Segment]) -> bool:
 
 
 def generate_texts(model, contexts: Sequence[list[Segment]], max_new_tokens: int, sampling: EvalSamplingConfig,
-                   progress=None) -> list[list[int]]:
+                   progress=None, first_logits: bool = False):
     """Greedy (temperature 0) or nucleus answers, one list of token ids per context, `batch_size`
-    contexts per call of the model's batched sampler (item i depends only on context i and seed i)."""
+    contexts per call of the model's batched sampler (item i depends only on context i and seed i).
+    With `first_logits`, also each answer's first-token logits [vocab] (the same forward, no extra cost)."""
     top_p = None if sampling.temperature == 0 else 0.9
     out: list[list[int]] = []
+    firsts: list = []
     for i in range(0, len(contexts), sampling.batch_size):
         chunk = list(contexts[i : i + sampling.batch_size])
-        out += model.generate_texts(chunk, max_new_tokens, top_p=top_p, temperature=max(sampling.temperature, 1e-5),
-                                    seeds=[sampling.seed + i + k for k in range(len(chunk))])
+        got = model.generate_texts(chunk, max_new_tokens, top_p=top_p, temperature=max(sampling.temperature, 1e-5),
+                                   seeds=[sampling.seed + i + k for k in range(len(chunk))], return_logits=first_logits)
+        if first_logits:
+            got, logits = got
+            firsts += [lg[0] for lg in logits]
+        out += got
         if progress is not None:
             progress(len(chunk))
-    return out
+    return (out, firsts) if first_logits else out
 
 
 def generate_images(model, contexts: Sequence[list[Segment]], seeds: Sequence[int], sampling: EvalSamplingConfig,

@@ -192,6 +192,10 @@ METRIC_KEYS: tuple[tuple[str, str], ...] = (
     ("vqa.finding.majority.accuracy", "The majority answer of the finding questions (0.5 by construction)."),
     ("vqa.finding.mcnemar_p", "Exact McNemar p-value, model vs blind, on the paired finding questions."),
     ("vqa.finding.by_finding.<finding>.accuracy", "vqa.finding.accuracy per finding type."),
+    ("vqa.finding.margin_auroc", "ROC AUC of logit(Yes) - logit(No) at the first answer token on the finding questions: "
+     "whether the image moves the decision at all, whichever way the greedy answer falls (0.5: it does not)."),
+    ("vqa.finding.blind.margin_auroc", "vqa.finding.margin_auroc without the image (the question's wording alone)."),
+    ("vqa.finding.by_finding.<finding>.margin_auroc", "vqa.finding.margin_auroc per finding type."),
     ("vqa.benchmark_open.exact", "Phantom benchmark open questions: normalised exact match."),
     ("vqa.benchmark_open.recall", "Phantom benchmark open questions: token recall."),
     ("vqa.benchmark_open.by_qtype.<qtype>.exact", "Phantom open exact match per question type (where, size, ...)."),

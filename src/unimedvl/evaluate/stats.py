@@ -41,6 +41,23 @@ def metric(values: Sequence[float] | np.ndarray, min_n: int, n_boot: int = 1000,
     return Metric.ok(float(v.mean()), len(v), bootstrap_ci(v, n_boot=n_boot, seed=seed))
 
 
+def auroc_metric(truth: Sequence[bool], scores: Sequence[float], min_n: int, n_boot: int = 1000, seed: int = 0,
+                 what: str = "items") -> Metric:
+    """ROC AUC of `scores` for `truth` (ties count half: a constant score is exactly 0.5) with a bootstrap
+    interval over items; insufficient_samples below `min_n` or without both classes."""
+    from sklearn.metrics import roc_auc_score
+
+    y, s = np.asarray(truth, dtype=bool), np.asarray(scores, dtype=float)
+    if len(y) < min_n or y.all() or not y.any():
+        return Metric.insufficient(len(y), min_n, f"{what} (both answers needed)")
+
+    def stat(idx: np.ndarray) -> float:
+        i = idx.astype(int)
+        return float(roc_auc_score(y[i], s[i])) if 0 < y[i].sum() < len(i) else 0.5
+
+    return Metric.ok(float(roc_auc_score(y, s)), len(y), bootstrap_ci(np.arange(len(y)), stat, n_boot, seed))
+
+
 def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple[float, int, int]:
     """Two-sided exact McNemar p-value that A and B are equally accurate on the same items, and the
     discordant counts (A right / B wrong, A wrong / B right). Two-sided: a one-sided claim ("the model
