@@ -116,6 +116,16 @@ class TokenizerConfig(_Strict):
     init: str | None = None  # an existing tokenizer.json (e.g. the released Qwen2.5 one): copied, not trained
 
 
+class VitWarmupConfig(_Strict):
+    """The ViT's finding-classifier warm-up in the autoencoder stage (train/vit_warmup.py): a random ViT
+    stands in for the paper's pretrained SigLIP, and without the warm-up it never learns findings."""
+
+    steps: int = Field(1000, ge=0, description="0: the ViT stays at its random initialisation")
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(11, gt=0)
+    max_images: int = Field(4096, gt=0, description="phantom training images drawn for it")
+
+
 class AutoencoderConfig(_Strict):
     """Fits the generation autoencoder (reconstruction + KL), which then stays frozen."""
 
@@ -126,6 +136,7 @@ class AutoencoderConfig(_Strict):
     crop: int = Field(32, ge=16, description="random square crops of that size are the training patches (4x cheaper)")
     kl_weight: float = Field(1e-4, ge=0)
     init: str | None = None  # a pretrained ae.safetensors: loaded, fitting skipped
+    vit_warmup: VitWarmupConfig = VitWarmupConfig()
 
 
 class DeepSpeedConfig(_Strict):

@@ -112,6 +112,7 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
         run.log_metric_rows([(r["step"], {k: r[k] for k in ("loss", "mse", "kl", "grad_norm", "lr", "samples_per_s")})
                              for r in rows])
     end_loss = recon_loss()
+    vit_summary = _warm_up_vit(run, data_dir, out_dir, params, model, progress)
     # Latent statistics -> scale and shift (FLUX's are fixed constants measured the same way).
     with torch.no_grad():
         mean = torch.cat([ae.encoder(data[i : i + 32]).chunk(2, dim=1)[0] for i in range(0, min(len(data), 256), 32)])
@@ -124,7 +125,8 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
                            **{f"autoencoder.{k}": v for k, v in ae.state_dict().items()}})
     h = params_hash("autoencoder", cfg.model_dump(), params.train.preset, params.train.seed)
     lineage = _lineage(data_dir, h, prev, "autoencoder", {"heldout_recon_start": start_loss, "heldout_recon_end": end_loss,
-                                                           "init": str(init) if init else None})
+                                                           "init": str(init) if init else None,
+                                                           "vit_warmup": vit_summary})
     save_model(final, out_dir, lineage=lineage, tokenizer=tok)
     art = out_dir.parent / f".{out_dir.name}-artifacts"
     if rows:
@@ -138,4 +140,23 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
     run.log_metric_rows([(steps, {"heldout_recon_start": start_loss, "heldout_recon_end": end_loss,
                                           "latent_scale": scale, "latent_shift": shift})])
     return {"stage": "autoencoder", "steps": steps, "heldout_start": {"loss": start_loss}, "heldout_end": {"loss": end_loss},
-            "latent_scale": scale, "latent_shift": shift, "run_id": run.run_id, "fitted": not init}
+            "latent_scale": scale, "latent_shift": shift, "run_id": run.run_id, "fitted": not init,
+            "vit_warmup": vit_summary}
+
+
+def _warm_up_vit(run, data_dir, out_dir, params, model, progress) -> dict[str, Any]:
+    """The ViT's finding warm-up (train/vit_warmup.py) on the training split's phantoms, logged."""
+    from .stages import stage_spec
+    from .vit_warmup import warm_up_vit, warmup_set
+
+    cfg = params.autoencoder.vit_warmup
+    res = stage_spec(params, "stage1").vit_resolution
+    images, targets = warmup_set(data_dir, res, cfg.max_images, params.train.seed) if cfg.steps else (torch.zeros(0), None)
+    bar = _Progress(out_dir, "vit warm-up", cfg.steps, progress and cfg.steps > 0 and len(images) >= 20)
+    summary = warm_up_vit(model.vit_model, images, targets, cfg, params.train.seed,
+                          lambda step, loss: bar.update(completed=step, loss=loss, tps=0.0))
+    bar.close()
+    auroc = {f"vit_warmup_auroc_{k}": v for k, v in summary["heldout_auroc"].items() if v is not None}
+    if auroc:
+        run.log_metric_rows([(summary["steps"], auroc)])
+    return summary
