@@ -159,6 +159,23 @@ def test_margin_auroc_sees_a_signal_the_greedy_answer_hides():
     assert auroc_metric(truth[:6], hidden[:6], min_n=10).status is Status.insufficient_samples
 
 
+def test_bootstrap_interval_is_the_95_percent_one_and_insufficient_says_what_and_how_many():
+    # 50 zeros and 50 ones: the mean's 95% interval is 0.5 +- 1.96 * 0.05 (a 90% one would be +- 0.082)
+    lo, hi = bootstrap_ci(np.r_[np.zeros(50), np.ones(50)], n_boot=4000, seed=3)
+    assert 0.385 <= lo <= 0.42 and 0.58 <= hi <= 0.615, (lo, hi)
+    assert bootstrap_ci([0.0, 1.0], n_boot=50) is not None  # two items are enough to resample
+    assert bootstrap_ci([1.0], n_boot=50) is None and bootstrap_ci([0.0, 1.0], n_boot=0) is None
+    m = metric([1.0] * 3, min_n=5, what="reports")
+    assert (m.n, m.value, m.reason) == (3, None, "3 reports, fewer than evaluate.min_n=5")
+    assert metric([1.0] * 3, min_n=5).reason == "3 items, fewer than evaluate.min_n=5"
+    assert metric([1.0, 0.0] * 3, min_n=6).status is Status.ok  # exactly min_n is enough
+    truth = [True, False] * 5
+    a = auroc_metric(truth, [float(t) for t in truth], min_n=10)
+    assert a.status is Status.ok and a.value == 1.0 and a.n == 10  # exactly min_n
+    b = auroc_metric(truth[:8], [0.0] * 8, min_n=10, what="finding questions")
+    assert (b.n, b.reason) == (8, "8 finding questions (both answers needed), fewer than evaluate.min_n=10")
+
+
 def test_frechet_distance_known_gaussians():
     rng = np.random.default_rng(0)
     a = rng.normal(0, 1, (4000, 4))
