@@ -162,8 +162,10 @@ def test_margin_auroc_sees_a_signal_the_greedy_answer_hides():
 def test_bootstrap_interval_is_the_95_percent_one_and_insufficient_says_what_and_how_many():
     # 50 zeros and 50 ones: the mean's 95% interval is 0.5 +- 1.96 * 0.05 (a 90% one would be +- 0.082)
     lo, hi = bootstrap_ci(np.r_[np.zeros(50), np.ones(50)], n_boot=4000, seed=3)
-    assert 0.385 <= lo <= 0.42 and 0.58 <= hi <= 0.615, (lo, hi)
+    assert 0.395 <= lo <= 0.415 and 0.585 <= hi <= 0.605, (lo, hi)  # a 97% one reaches 0.39 / 0.61
     assert bootstrap_ci([0.0, 1.0], n_boot=50) is not None  # two items are enough to resample
+    assert bootstrap_ci([0.0, 1.0], n_boot=1) is not None  # and one resample gives an interval
+    assert bootstrap_ci([100.0] + [0.0] * 9, n_boot=400, seed=0)[1] > 0  # the first item is drawn too
     assert bootstrap_ci([1.0], n_boot=50) is None and bootstrap_ci([0.0, 1.0], n_boot=0) is None
     m = metric([1.0] * 3, min_n=5, what="reports")
     assert (m.n, m.value, m.reason) == (3, None, "3 reports, fewer than evaluate.min_n=5")
@@ -174,6 +176,40 @@ def test_bootstrap_interval_is_the_95_percent_one_and_insufficient_says_what_and
     assert a.status is Status.ok and a.value == 1.0 and a.n == 10  # exactly min_n
     b = auroc_metric(truth[:8], [0.0] * 8, min_n=10, what="finding questions")
     assert (b.n, b.reason) == (8, "8 finding questions (both answers needed), fewer than evaluate.min_n=10")
+    assert auroc_metric(truth[:4], [0.0] * 4, min_n=10).reason.startswith("4 items (both")
+    # one "yes" in ten: many resamples hold no "yes" at all; they count as chance, never an error
+    rare = [True] + [False] * 9
+    r = auroc_metric(rare, list(range(10, 0, -1)), min_n=10, n_boot=300, seed=2)
+    assert r.value == 1.0 and 0.5 <= r.ci_low <= r.ci_high <= 1.0
+    assert r == auroc_metric(rare, list(range(10, 0, -1)), min_n=10, n_boot=300, seed=2)  # seeded interval
+
+
+def test_permutation_tests_edges_ties_and_reproducibility():
+    with pytest.raises(ValueError, match="^a permutation test needs two non-empty groups$"):
+        permutation_test([1.0, 2.0], [])
+    with pytest.raises(ValueError, match="^a permutation test needs two non-empty groups$"):
+        permutation_test([], [1.0])
+    with pytest.raises(ValueError, match="^a permutation test needs at least one pair$"):
+        paired_permutation_test([])
+    assert 0.0 < permutation_test([3.0], [1.0, 2.0], 200) <= 1.0  # a one-item group is a group
+    assert paired_permutation_test([0.5], 200) == pytest.approx(0.5, abs=0.1)  # one pair: a coin flip
+    # identical groups: every permutation ties the observed difference, so p is exactly 1
+    assert permutation_test([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], 300) == 1.0
+    assert paired_permutation_test([0.0, 0.0, 0.0], 300) == 1.0
+    a, b = [0.2, 0.5, 0.1, 0.9, 0.7], [0.3, 0.4, 0.6, 0.0, 0.1]
+    assert permutation_test(a, b) == permutation_test(a, b)  # seeded: the same p every run
+    d = [0.3, -0.1, 0.2, 0.05, -0.2, 0.4]
+    assert paired_permutation_test(d) == paired_permutation_test(d)
+    assert 0.05 < permutation_test(a, b) < 0.95 and 0.05 < paired_permutation_test(d) < 0.95
+
+
+def test_chance_rates_are_probabilities():
+    with pytest.raises(ValueError, match="^one chance rate per item$"):
+        hits_above_chance_p([True, False], [0.5])
+    # out-of-range rates (an area ratio off by rounding) are read as 0 and 1
+    assert hits_above_chance_p([True, True], [-0.2, 1.4]) == hits_above_chance_p([True, True], [0.0, 1.0]) == 0.0
+    assert hits_above_chance_p([True, True], [1.4, 0.5]) == pytest.approx(0.5)  # P(both) with rates 1 and 0.5
+    assert hits_above_chance_p([True, True], [-0.3, 0.5]) == 0.0
 
 
 def test_frechet_distance_known_gaussians():
