@@ -321,6 +321,14 @@ def test_an_unparsable_json_file_is_one_quarantine_line(tmp_path, name, filename
     assert [(type(i), i.reason) for i in items] == [(Quarantine, "malformed_json")]
 
 
+@pytest.mark.parametrize("name,filename", [("slake", "train.json"), ("vqa_rad", "VQA_RAD Dataset Public.json")])
+def test_a_json_object_where_a_list_of_questions_belongs_is_one_quarantine_line(tmp_path, name, filename):
+    (tmp_path / filename).write_text('{"question": "Is there an effusion?"}')
+    items = _read(name, tmp_path)
+    assert [(type(i), i.reason) for i in items] == [(Quarantine, "malformed_json")]
+    assert items[0].detail == f"{filename} should hold a JSON list of questions, not a dict"
+
+
 def test_a_non_utf8_json_file_is_invalid_encoding(tmp_path):
     (tmp_path / "train.json").write_bytes('[{"question": "Caf\u00e9"}]'.encode("latin-1"))
     items = _read("slake", tmp_path)

@@ -118,6 +118,15 @@ def load_json(root: Path, rel: str) -> Any:
     return parse_json(read_text(root, rel), rel)
 
 
+def load_json_list(root: Path, rel: str) -> list:
+    """A JSON file that must hold a list of questions (SLAKE, VQA-RAD, OmniMedVQA); anything else is
+    `malformed_json`."""
+    doc = load_json(root, rel)
+    if not isinstance(doc, list):
+        raise Rejected("malformed_json", f"{rel} should hold a JSON list of questions, not a {type(doc).__name__}")
+    return doc
+
+
 def split_from_path(rel: str) -> str | None:
     """The split a file's name or folders spell (`data/validation-0000.parquet` -> val), if any."""
     p = Path(rel)

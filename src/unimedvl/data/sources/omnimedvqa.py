@@ -33,7 +33,7 @@ from typing import Any
 
 from ..schema import Quarantine, Record, Rejected
 from . import _mcq
-from ._common import ImageCache, load_json, scrub_labels, text_field, under
+from ._common import ImageCache, load_json, load_json_list, scrub_labels, text_field, under
 from .base import Context
 
 NAME = "omnimedvqa"
@@ -72,7 +72,7 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
     cache = ImageCache(base, ctx.cfg.max_side)
     first: dict[str, str] = {}  # question_id -> the item that used it first
     for rel in files:
-        doc, bad = ctx.attempt(rel, _load_list, base, rel)
+        doc, bad = ctx.attempt(rel, load_json_list, base, rel)
         if bad is not None:
             yield bad
             continue
@@ -82,13 +82,6 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
             sid = str(qid) if isinstance(qid, str | int) and not isinstance(qid, bool) else None
             entries.append((f"{rel}#{i}", sid, (rel, f"{rel}#{i}", entry)))
         yield from ctx.each(entries, lambda p: _record(ctx, cache, first, *p))
-
-
-def _load_list(base: Path, rel: str) -> list:
-    doc = load_json(base, rel)
-    if not isinstance(doc, list):
-        raise Rejected("malformed_json", f"{rel} should hold a JSON list of questions, not a {type(doc).__name__}")
-    return doc
 
 
 def count(root: Path, ctx: Context) -> int | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..schema import IMAGE_TOKEN, Quarantine, Record, Rejected
 from .base import Context, guess_lang
-from ._common import ImageCache, load_json, normalise_modality, scrub_labels, text_field, under
+from ._common import ImageCache, load_json, load_json_list, normalise_modality, scrub_labels, text_field, under
 
 NAME = "slake"
 NEEDS_INPUT = True
@@ -42,7 +42,7 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
     cache = ImageCache(root, ctx.cfg.max_side)
     entries: list[tuple[str, str | None, tuple]] = []
     for rel, split in files:
-        doc, bad = ctx.attempt(rel, _load_list, root, rel)
+        doc, bad = ctx.attempt(rel, load_json_list, root, rel)
         if bad is not None:
             yield bad
             continue
@@ -50,13 +50,6 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
             source_id = f"{split}/{entry.get('qid', f'#{i}')}" if isinstance(entry, dict) else None
             entries.append((f"{rel}#{i}", source_id, (rel, split, entry, source_id)))
     yield from ctx.each(entries, lambda p: _record(ctx, cache, *p))
-
-
-def _load_list(root: Path, rel: str) -> list:
-    doc = load_json(root, rel)
-    if not isinstance(doc, list):
-        raise Rejected("malformed_json", f"{rel} should hold a JSON list of questions, not a {type(doc).__name__}")
-    return doc
 
 
 def count(root: Path, ctx: Context) -> int | None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..schema import IMAGE_TOKEN, Quarantine, Record, Rejected
 from .base import Context
-from ._common import ImageCache, load_json, modalities_in, scrub_labels, text_field, under
+from ._common import ImageCache, load_json, load_json_list, modalities_in, scrub_labels, text_field, under
 
 NAME = "vqa_rad"
 NEEDS_INPUT = True
@@ -51,10 +51,7 @@ def read(root: Path, ctx: Context) -> Iterator[Record | Quarantine]:
     def load() -> list:
         nonlocal rel
         rel = _json_file(root)
-        doc = load_json(root, rel)
-        if not isinstance(doc, list):
-            raise Rejected("malformed_json", f"{rel} should hold a JSON list of questions, not a {type(doc).__name__}")
-        return doc
+        return load_json_list(root, rel)
 
     entries, bad = ctx.attempt(JSON_NAME, load)
     if bad is not None:
