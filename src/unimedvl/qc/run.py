@@ -70,22 +70,31 @@ def map_local(paths: list[Path], cfg: QCConfig) -> pa.Table:
 # --- duplicates and leakage ------------------------------------------------------------------------
 
 
-def image_graph(res: dict[str, list], standing: list[int], cfg: QCConfig) -> tuple[dict[bytes, int], list[set[int]], dict[str, Any]]:
-    """Unique images (by decoded-pixel hash) of the standing records and their confirmed near pairs."""
+def image_graph(res: dict[str, list], standing: list[int], cfg: QCConfig
+                ) -> tuple[dict[bytes, int], list[set[int]], list[int], dict[str, Any]]:
+    """Unique images (by decoded-pixel hash) of the standing records, their confirmed near pairs, and
+    the highest split rank each image is used in."""
     uid: dict[bytes, int] = {}
     phashes: list[int] = []
     thumbs: list[bytes] = []
+    low: list[int] = []  # lowest and highest split rank of the standing records using each image
+    top: list[int] = []
     for i in standing:
+        rank = SPLIT_RANK.get(res["split"][i], -1)
         for ph, p, t in zip(res["img_pixel_hash"][i], res["img_phash"][i], res["img_thumb"][i], strict=True):
             if ph not in uid:
                 uid[ph] = len(phashes)
                 phashes.append(p)
                 thumbs.append(t)
+                low.append(rank)
+                top.append(rank)
+            u = uid[ph]
+            low[u], top[u] = min(low[u], rank), max(top[u], rank)
     t0 = time.perf_counter()
     cand = dedup.near_pairs(np.array(phashes, dtype=np.uint64), cfg.near_dup_hamming)
     n_cand = int(len(cand))
     if not cfg.near_dup_within_split and len(cand):
-        cand = cand[_read_by_leakage(res, standing, uid, cand)]
+        cand = cand[_read_by_leakage(np.array(low), np.array(top), cand)]
     near: list[set[int]] = [set() for _ in phashes]
     corr = dedup.correlations(thumbs, cand) if len(cand) else np.empty(0)
     confirmed = 0
@@ -97,20 +106,13 @@ def image_graph(res: dict[str, list], standing: list[int], cfg: QCConfig) -> tup
     stats = {"unique_images": len(phashes), "near_dup_candidates": n_cand, "near_dup_checked": int(len(cand)),
              "near_dup_pairs": confirmed,
              "near_dup_search_s": round(time.perf_counter() - t0, 3)}
-    return uid, near, stats
+    return uid, near, top, stats
 
 
-def _read_by_leakage(res: dict[str, list], standing: list[int], uid: dict[bytes, int], cand: np.ndarray) -> np.ndarray:
+def _read_by_leakage(low: np.ndarray, top: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """Mask of the candidate pairs the cross-split check can read: one image is used in a split below
     the other's highest (test is never reduced). Without within-split deduplication the others decide
     nothing, and on phantoms (one template, every pair a candidate) they were most of QC's time."""
-    low = np.full(len(uid), 99)
-    top = np.full(len(uid), -1)
-    for i in standing:
-        rank = SPLIT_RANK.get(res["split"][i], -1)
-        for ph in res["img_pixel_hash"][i]:
-            u = uid[ph]
-            low[u], top[u] = min(low[u], rank), max(top[u], rank)
     a, b = cand[:, 0], cand[:, 1]
     return ((low[a] < 2) & (top[b] > low[a])) | ((low[b] < 2) & (top[a] > low[b]))
 
@@ -119,15 +121,8 @@ def find_leakage_and_duplicates(res: dict[str, list], decided: dict[int, tuple[s
     """Adds split_leakage / text_leakage / duplicate_record decisions (by row index); returns stats."""
     n = len(res["_key"])
     standing = [i for i in range(n) if i not in decided]
-    uid, near, stats = image_graph(res, standing, cfg)
+    uid, near, top_split, stats = image_graph(res, standing, cfg)
     official = set(cfg.keep_official_split_sources)
-
-    # Highest split each unique image appears in (among standing records).
-    top_split: dict[int, int] = defaultdict(lambda: -1)
-    for i in standing:
-        rank = SPLIT_RANK.get(res["split"][i], -1)
-        for ph in res["img_pixel_hash"][i]:
-            top_split[uid[ph]] = max(top_split[uid[ph]], rank)
     leak_counts: Counter = Counter()
     overlap: Counter = Counter()
     for i in standing:
