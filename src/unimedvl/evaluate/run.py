@@ -170,27 +170,25 @@ class Evaluation:
         return context(row, self.tok, self.spec, self.model.cfg)
 
     def answers(self, contexts: list, max_new_tokens: int, desc: str) -> list[str]:
-        from .sampling import decode, generate_texts
-
-        self.calls += len(contexts)
-        bar, tick = self.progress.bar(len(contexts), desc)
-        ids = generate_texts(self.model, contexts, max_new_tokens, self.cfg.sampling, tick)
-        if bar is not None:
-            bar.close()
-        return [decode(self.tok, i) for i in ids]
+        return self._generate(contexts, max_new_tokens, desc, first_logits=False)[0]
 
     def yes_no_answers(self, contexts: list, max_new_tokens: int, desc: str) -> tuple[list[str], list[float]]:
         """Answers, and each answer's first-token logit("Yes") - logit("No"): how far the context moves
         the yes/no decision, whichever way the greedy answer falls."""
+        texts, firsts = self._generate(contexts, max_new_tokens, desc, first_logits=True)
+        yes, no = self.tok.encode("Yes.")[0], self.tok.encode("No.")[0]
+        return texts, [float(lg[yes] - lg[no]) for lg in firsts]
+
+    def _generate(self, contexts: list, max_new_tokens: int, desc: str, first_logits: bool) -> tuple[list[str], list]:
         from .sampling import decode, generate_texts
 
         self.calls += len(contexts)
         bar, tick = self.progress.bar(len(contexts), desc)
-        ids, firsts = generate_texts(self.model, contexts, max_new_tokens, self.cfg.sampling, tick, first_logits=True)
+        got = generate_texts(self.model, contexts, max_new_tokens, self.cfg.sampling, tick, first_logits=first_logits)
+        ids, firsts = got if first_logits else (got, [])
         if bar is not None:
             bar.close()
-        yes, no = self.tok.encode("Yes.")[0], self.tok.encode("No.")[0]
-        return [decode(self.tok, i) for i in ids], [float(lg[yes] - lg[no]) for lg in firsts]
+        return [decode(self.tok, i) for i in ids], firsts
 
     def images_for(self, model, contexts: list, seeds: list[int], desc: str) -> torch.Tensor:
         from .sampling import generate_images
