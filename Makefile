@@ -8,7 +8,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 TXV_WHEEL := build/wheels/torchxrayvision-1.5.7-py3-none-any.whl
 
 .PHONY: setup repro test test-all bench mutation clean pipeline pin
-setup: $(VENV)/.installed $(TXV_WHEEL)
+setup: $(VENV)/.installed $(TXV_WHEEL) build/torch_extensions/.built
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml
 $(TXV_WHEEL): $(VENV)/.installed
 	mkdir -p build/wheels
 	$(BIN)/python -m pip download --quiet --no-deps torchxrayvision==1.5.7 -d build/wheels
+
+# DeepSpeed's CPU op, JIT-compiled once here (~30 s) rather than inside the first training job or test.
+build/torch_extensions/.built: $(VENV)/.installed
+	$(BIN)/python -m unimedvl.train.native_ops
+	touch $@
 
 # A fresh MLflow parent run per `make repro` (unimedvl.tracking); a bare `dvc repro` derives one.
 repro: setup

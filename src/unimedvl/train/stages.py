@@ -304,6 +304,7 @@ def _run_and_log(run, stage, data_dir, out_dir, params, spec, total, h, prev, ck
     from .ray_job import LOSSES, PROGRESS, read_losses, run_training
 
     from .checkpoints import code_hash, mark_finished
+    from .native_ops import extensions_dir
 
     tc = params.train
     code = code_hash()
@@ -318,7 +319,7 @@ def _run_and_log(run, stage, data_dir, out_dir, params, spec, total, h, prev, ck
         "languages": list(params.ingest.mixture_languages),
         "lineage": _lineage(data_dir, h, prev, stage, {"curriculum": tc.curriculum, "profile": tc.profile,
                                                         "code_sha256": code}),
-        "torch_extensions_dir": str((root / "build" / "torch_extensions").resolve()),
+        "torch_extensions_dir": str(extensions_dir(root)),
         "code_hash": code, "keep_checkpoints": tc.keep_checkpoints, "heldout_dir": str(Path(resolved["heldout"]).resolve()),
         **hooks,
     }
