@@ -120,10 +120,30 @@ class VitWarmupConfig(_Strict):
     """The ViT's finding-classifier warm-up in the autoencoder stage (train/vit_warmup.py): a random ViT
     stands in for the paper's pretrained SigLIP, and without the warm-up it never learns findings."""
 
-    steps: int = Field(1000, ge=0, description="0: the ViT stays at its random initialisation")
-    lr: float = Field(2e-3, gt=0)
-    batch_size: int = Field(11, gt=0)
+    steps: int = Field(1500, ge=0, description="0: the ViT stays at its random initialisation")
+    lr: float = Field(1e-3, gt=0)
+    lr_warmup_steps: int = Field(100, ge=0, description="linear ramp of the learning rate from lr/steps to lr")
+    batch_size: int = Field(16, gt=0)
     max_images: int = Field(4096, gt=0, description="phantom training images drawn for it")
+    pooling: Literal["lse", "mean"] = Field(
+        "lse", description="how per-patch finding scores become the image's: lse (a soft maximum, so a finding in one "
+                           "patch counts) or mean (mean-pooled features, a linear head)")
+    lse_sharpness: float = Field(4.0, gt=0, description="r of the lse pooling, (1/r) log mean exp(r s): large r, max")
+
+
+class QuestionWarmupConfig(_Strict):
+    """The finding-question warm-up in the autoencoder stage (train/vit_warmup.py), after the ViT's: the
+    backbone and connector learn the training split's phantom presence questions over the frozen ViT
+    before the curriculum starts, as the paper's pretrained Qwen2.5 and SigLIP already can."""
+
+    steps: int = Field(1000, ge=0, description="0: the curriculum starts from the untrained backbone")
+    lr: float = Field(1e-3, gt=0)
+    lr_warmup_steps: int = Field(10, ge=0)
+    max_tokens: int = Field(1024, gt=0, description="token budget of one packed batch")
+    presence_share: float = Field(
+        0.85, gt=0, le=1, description="share of the draws that are presence questions (oversampled); the rest are the "
+                                      "training split's other phantom image-to-text records, which keep the answers "
+                                      "of reports and open questions from collapsing to yes / no")
 
 
 class AutoencoderConfig(_Strict):
@@ -137,6 +157,7 @@ class AutoencoderConfig(_Strict):
     kl_weight: float = Field(1e-4, ge=0)
     init: str | None = None  # a pretrained ae.safetensors: loaded, fitting skipped
     vit_warmup: VitWarmupConfig = VitWarmupConfig()
+    question_warmup: QuestionWarmupConfig = QuestionWarmupConfig()
 
 
 class DeepSpeedConfig(_Strict):

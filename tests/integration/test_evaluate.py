@@ -98,12 +98,17 @@ def test_smoke_judge_learns_and_is_reloadable(smoke_pipeline):
     assert len(judge.sha256) == 64
 
 
-def test_the_model_evaluated_started_from_a_warmed_up_vit(smoke_pipeline):
+def test_the_model_evaluated_started_from_the_warm_ups(smoke_pipeline):
     # the autoencoder stage's ViT warm-up (train/vit_warmup.py) ran on the smoke phantoms and says how well
     lineage = json.loads((smoke_pipeline["models"] / "autoencoder" / "lineage.json").read_text())
     warm = lineage["extra"]["vit_warmup"]
     assert warm["steps"] == smoke_pipeline["params"].autoencoder.vit_warmup.steps > 0 and warm["images"] >= 20
     assert warm["loss_end"] < warm["loss_start"]
+    assert set(warm["heldout_auroc_abnormal"]) == set(warm["heldout_auroc"])
+    # then the question warm-up trained the backbone on the smoke phantoms' presence questions
+    q = lineage["extra"]["question_warmup"]
+    assert q["steps"] == smoke_pipeline["params"].autoencoder.question_warmup.steps > 0 and q["questions"] >= 20
+    assert q["ce_end"] < q["ce_start"]
 
 
 def test_evaluate_writes_every_family(evaluated, smoke_pipeline):

@@ -63,3 +63,139 @@ def test_no_steps_or_too_few_images_leave_the_vit_untouched(phantoms):
     assert "no steps" in warm_up_vit(vit, x, y, VitWarmupConfig(steps=0), seed=0)["skipped"]
     assert "< 20" in warm_up_vit(vit, x[:5], y[:5], VitWarmupConfig(steps=10), seed=0)["skipped"]
     assert all(torch.equal(before[k], v) for k, v in vit.state_dict().items())
+
+
+def test_lse_pooling_counts_a_finding_in_one_patch_that_the_mean_dilutes():
+    from unimedvl.config import VitWarmupConfig
+    from unimedvl.train import vit_warmup
+
+    feats = torch.zeros(2, 64, 4)
+    feats[0, 17, 0] = 8.0  # one patch of image 0 shows the finding
+    head = torch.nn.Linear(4, 1, bias=False).requires_grad_(False)
+    head.weight.data = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    orig = vit_warmup._patch_features
+    vit_warmup._patch_features = lambda vit, images, p, s: feats
+    try:
+        class _Cfg:  # the ViT's patch geometry, all image_logits reads from the model
+            vision_model = type("V", (), {"cfg": type("C", (), {"patch_size": 8, "patches_per_side": 8})})()
+        lse = vit_warmup.image_logits(_Cfg(), head, torch.zeros(2, 3, 64, 64), VitWarmupConfig(pooling="lse", lse_sharpness=4))
+        mean = vit_warmup.image_logits(_Cfg(), head, torch.zeros(2, 3, 64, 64), VitWarmupConfig(pooling="mean"))
+    finally:
+        vit_warmup._patch_features = orig
+    assert float(mean[0, 0]) == pytest.approx(8 / 64)  # the mean of 64 patches: diluted
+    # (1/r) log mean exp(r s): log(63 + e^32) / 4 - log(64) / 4, close to the patch's 8 minus log(64)/4
+    assert float(lse[0, 0]) == pytest.approx((np.logaddexp(np.log(63), 32) - np.log(64)) / 4, rel=1e-5)
+    assert float(lse[0, 0]) > 6.9 and float(lse[1, 0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_abnormal_only_auroc_sees_through_a_score_that_only_tells_abnormal_from_normal():
+    from unimedvl.train.vit_warmup import _auroc_per_finding
+
+    rng = np.random.default_rng(0)
+    y = np.zeros((400, len(FINDINGS)))
+    for i in range(200):  # half the images carry one random finding, half none
+        y[i, rng.integers(len(FINDINGS))] = 1
+    abnormal = np.repeat(y.sum(1, keepdims=True), len(FINDINGS), axis=1)  # the same "abnormal" score for all
+    specific = y + rng.normal(0, 0.1, y.shape)
+    all_imgs, only = _auroc_per_finding(y, abnormal), _auroc_per_finding(y, abnormal, abnormal_only=True)
+    # over all images it looks like a detector of every finding (positives 1; negatives 0 when normal,
+    # 1 when they have another finding: 0.77 here)
+    assert min(all_imgs.values()) > 0.75
+    assert max(only.values()) == pytest.approx(0.5)  # among abnormal images it tells nothing
+    assert min(_auroc_per_finding(y, specific, abnormal_only=True).values()) > 0.95
+
+
+def _presence_folder(out, n_per_answer=16, other=4, real=2):
+    """Phantom-style presence questions whose answer the image's brightness fixes, `other` phantom
+    questions of another kind and `real` records without ground truth (these two are no presence question)."""
+    from unimedvl.data.images import encode_png
+    from unimedvl.data.schema import SUB_TO_MAIN, Record, Turn
+    from unimedvl.data.shards import DatasetWriter
+
+    w = DatasetWriter(out, step="qc")
+    k = 0
+    for present in (True, False) * n_per_answer + (None,) * other:
+        k += 1
+        level = 200 if present else 30
+        img = np.clip(level + np.random.default_rng(k).integers(0, 20, (64, 64)), 0, 255).astype(np.uint8)
+        task = {"question": "presence", "finding": "effusion", "answer": "yes" if present else "no"} if present is not None \
+            else {"question": "side", "finding": "effusion", "answer": "yes"}
+        w.add("phantom", Record(
+            id=f"q{k}", dataset="phantom", modality="xray", main_task_type=SUB_TO_MAIN["vqa_closed"],
+            sub_task_type="vqa_closed", split="train", lang="en", license="CC0", source_uri="phantom://",
+            patient_key=f"p{k}", message=[Turn("human", "<image>\nIs there a pleural effusion?"),
+                                          Turn("gpt", "Yes." if present in (True, None) else "No.")],
+            input_img=[encode_png(img)], labels={"generator": "unimedvl.phantoms", "task": task}))
+    for j in range(real):
+        w.add("test", Record(
+            id=f"real{j}", dataset="test", modality="xray", main_task_type=SUB_TO_MAIN["vqa_closed"],
+            sub_task_type="vqa_closed", split="train", lang="en", license="CC0", source_uri="test://",
+            patient_key=f"r{j}", message=[Turn("human", "<image>\nIs there a pleural effusion?"), Turn("gpt", "No.")],
+            input_img=[encode_png(np.full((64, 64), 90, dtype=np.uint8))]))
+    w.close()
+    return out
+
+
+def test_question_warmup_trains_the_backbone_on_presence_questions_only(tmp_path, one_torch_thread):
+    from unimedvl.config import Params, QuestionWarmupConfig
+    from unimedvl.model.checkpoint import load_model
+    from unimedvl.model.sampling import prefill
+    from unimedvl.model.tokenizer import load_tokenizer
+    from unimedvl.train.data import ShardStore, record_to_sample
+    from unimedvl.train.stages import stage_spec
+    from unimedvl.train.vit_warmup import is_presence_question, warm_up_questions
+    from train_helpers import make_model_folder
+
+    data = _presence_folder(tmp_path / "qc")
+    folder = make_model_folder(data, tmp_path / "model")
+    model, _ = load_model(folder, "ema")
+    tok = load_tokenizer(folder)
+    spec = stage_spec(Params(), "stage1")
+    rows = [ShardStore(data).row(r) for r in ShardStore(data).by_category["i2t"]]
+    assert sum(map(is_presence_question, rows)) == 32 and len(rows) == 38
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    yes, no = tok.encode("Yes")[0], tok.encode("No")[0]
+
+    def margins():
+        ctx = [record_to_sample(r, tok, spec, model.cfg).segments[:-1] for r in rows if is_presence_question(r)]
+        with torch.no_grad():
+            _, last = prefill(model.eval(), ctx)
+            logits = model.language_model.lm_head(torch.stack(last)).float()
+        return (logits[:, yes] - logits[:, no]).numpy()
+
+    truth = np.array([r["message"][-1]["value"] == "Yes." for r in rows if is_presence_question(r)])
+    model.vit_model.requires_grad_(False)  # as a caller may hand it over: partly frozen
+    grads_before = [p.requires_grad for p in model.parameters()]
+    out = warm_up_questions(model, tok, data, spec, QuestionWarmupConfig(steps=40, lr=2e-3), seed=0)
+    assert out["steps"] == 40 and out["questions"] == 32 and out["ce_end"] < out["ce_start"]
+    # 4 other phantom questions: one copy of each presence one; the 2 real records are left out
+    assert out["presence_share"] == round(32 / 36, 3)
+    m = margins()
+    assert m[truth].min() > m[~truth].max()  # the image's brightness now decides every answer
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k in after if not torch.equal(before[k], after[k])}
+    assert "language_model" in changed and "connector" in changed
+    assert not changed & {"vit_model", "autoencoder", "vit_pos_embed", "latent_pos_embed"}
+    # the freezing the caller had is back (the stage-1 freezing applied only inside the warm-up)
+    assert [p.requires_grad for p in model.parameters()] == grads_before
+    skipped = warm_up_questions(model, tok, data, spec, QuestionWarmupConfig(steps=0), seed=0)
+    assert skipped["steps"] == 0 and "no steps" in skipped["skipped"]
+
+
+def test_shard_store_resample_oversamples_drops_and_keeps_to_the_categories(tmp_path):
+    from unimedvl.train.data import ShardStore
+    from unimedvl.train.vit_warmup import is_presence_question
+
+    data = _presence_folder(tmp_path / "qc", n_per_answer=3, other=2, real=0)
+    store = ShardStore(data)
+    assert store.counts()["i2t"] == 8
+    counts = store.resample(lambda row: 3 if is_presence_question(row) else 0, categories=("i2t",))
+    assert counts["i2t"] == 18 and sum(counts.values()) == 18
+    rows = [store.row(r) for r in store.by_category["i2t"]]
+    assert all(map(is_presence_question, rows)) and len({r["id"] for r in rows}) == 6
+    from train_helpers import make_dataset
+
+    mixed = ShardStore(make_dataset(tmp_path / "mixed", per_task=2, splits=("train",)))
+    assert mixed.counts()["text_only"] > 0
+    after = mixed.resample(lambda row: 1, categories=("i2t",))
+    assert after["text_only"] == 0 and after["i2t"] == 6  # vqa_open, vqa_closed, caption: 2 each

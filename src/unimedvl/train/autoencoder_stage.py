@@ -113,6 +113,7 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
                              for r in rows])
     end_loss = recon_loss()
     vit_summary = _warm_up_vit(run, data_dir, out_dir, params, model, progress)
+    question_summary = _warm_up_questions(run, data_dir, out_dir, params, model, tok, progress)
     # Latent statistics -> scale and shift (FLUX's are fixed constants measured the same way).
     with torch.no_grad():
         mean = torch.cat([ae.encoder(data[i : i + 32]).chunk(2, dim=1)[0] for i in range(0, min(len(data), 256), 32)])
@@ -126,7 +127,8 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
     h = params_hash("autoencoder", cfg.model_dump(), params.train.preset, params.train.seed)
     lineage = _lineage(data_dir, h, prev, "autoencoder", {"heldout_recon_start": start_loss, "heldout_recon_end": end_loss,
                                                            "init": str(init) if init else None,
-                                                           "vit_warmup": vit_summary})
+                                                           "vit_warmup": vit_summary,
+                                                           "question_warmup": question_summary})
     save_model(final, out_dir, lineage=lineage, tokenizer=tok)
     art = out_dir.parent / f".{out_dir.name}-artifacts"
     if rows:
@@ -141,7 +143,7 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
                                           "latent_scale": scale, "latent_shift": shift})])
     return {"stage": "autoencoder", "steps": steps, "heldout_start": {"loss": start_loss}, "heldout_end": {"loss": end_loss},
             "latent_scale": scale, "latent_shift": shift, "run_id": run.run_id, "fitted": not init,
-            "vit_warmup": vit_summary}
+            "vit_warmup": vit_summary, "question_warmup": question_summary}
 
 
 def _warm_up_vit(run, data_dir, out_dir, params, model, progress) -> dict[str, Any]:
@@ -157,6 +159,25 @@ def _warm_up_vit(run, data_dir, out_dir, params, model, progress) -> dict[str, A
                           lambda step, loss: bar.update(completed=step, loss=loss, tps=0.0))
     bar.close()
     auroc = {f"vit_warmup_auroc_{k}": v for k, v in summary["heldout_auroc"].items() if v is not None}
+    auroc |= {f"vit_warmup_auroc_abnormal_{k}": v for k, v in summary.get("heldout_auroc_abnormal", {}).items()
+              if v is not None}
     if auroc:
         run.log_metric_rows([(summary["steps"], auroc)])
+    return summary
+
+
+def _warm_up_questions(run, data_dir, out_dir, params, model, tok, progress) -> dict[str, Any]:
+    """The finding-question warm-up (train/vit_warmup.py) over the warmed-up ViT, logged."""
+    from .stages import stage_spec
+    from .vit_warmup import warm_up_questions
+
+    cfg = params.autoencoder.question_warmup
+    bar = _Progress(out_dir, "question warm-up", cfg.steps, progress and cfg.steps > 0)
+    summary = warm_up_questions(model, tok, data_dir, stage_spec(params, "stage1"), cfg, params.train.seed,
+                                languages=tuple(params.ingest.mixture_languages),
+                                progress=lambda step, ce: bar.update(completed=step, loss=ce, tps=0.0))
+    bar.close()
+    if summary["steps"]:
+        run.log_metric_rows([(summary["steps"], {"question_warmup_ce_start": summary["ce_start"],
+                                                 "question_warmup_ce_end": summary["ce_end"]})])
     return summary
