@@ -140,15 +140,22 @@ def warm_up_vit(vit: VisionModel, images: torch.Tensor, targets: torch.Tensor, c
 
 
 def _auroc_per_finding(y: np.ndarray, logits: np.ndarray, abnormal_only: bool = False) -> dict[str, float | None]:
-    """AUROC per finding; None where a class is missing. `abnormal_only` scores finding f among images
-    with at least one finding, so images with f compete against images with other findings only: findings
-    co-occur, and a feature that tells abnormal from normal scores well on all images (mean pooling: 0.80
-    for nodules there) while telling nothing about which finding it is (0.42 on the benchmark)."""
+    """AUROC per finding; None where a class is missing. `abnormal_only` scores finding f among the images
+    with at least one finding of f's family (chest or brain), so images with f compete against images with
+    other findings only: findings co-occur, and a feature that tells abnormal from normal scores well on
+    all images (mean pooling: 0.80 for nodules there) while telling nothing about which finding it is
+    (0.42 on the benchmark). The brain has one finding, so the lesion has no such comparison (None)."""
     from sklearn.metrics import roc_auc_score
 
-    keep = y.sum(1) > 0 if abnormal_only else np.ones(len(y), dtype=bool)
+    from ..evaluate.benchmark import FAMILY_OF
+
     out: dict[str, float | None] = {}
     for j, f in enumerate(FINDING_TYPES):
+        if abnormal_only:
+            family = [k for k, g in enumerate(FINDING_TYPES) if FAMILY_OF[g] == FAMILY_OF[f]]
+            keep = y[:, family].sum(1) > 0
+        else:
+            keep = np.ones(len(y), dtype=bool)
         t = y[keep, j]
         out[f] = round(float(roc_auc_score(t, logits[keep, j])), 4) if 0 < t.sum() < len(t) else None
     return out
