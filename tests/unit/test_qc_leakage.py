@@ -117,3 +117,26 @@ def test_text_leakage_official_split_exemption(tmp_path):
     assert metrics["dedup"]["text_leakage"] == {"kept_official:bench": 1}
     _, verdicts = _run(tmp_path / "not-exempt", records)
     assert verdicts == {"t-train": "text_leakage"}
+
+
+def test_near_pairs_confirm_only_what_a_decision_reads_and_answer_as_the_eager_search():
+    import numpy as np
+
+    from unimedvl.qc import dedup
+    from unimedvl.qc.run import NearPairs
+
+    base = phantom(21)
+    # 0 the scan, 1 an unrelated scan, 2 and 3 near copies of 0; every pair with 0 is a hash candidate
+    thumbs = [dedup.thumbnail(a) for a in (base, phantom(22), near_copy(base), near_copy(near_copy(base)))]
+    cand = np.array([(0, 1), (0, 2), (0, 3)])
+    near = NearPairs(thumbs, cand, min_corr=0.88, block=1)
+    # the lowest-numbered confirmed neighbour: 1 is read and rejected, 2 accepted, 3 never computed
+    assert near.first(0, lambda v: True) == 2
+    assert near.stats() == {"near_dup_checked": 2, "near_dup_pairs": 1}
+    assert near.first(0, lambda v: v == 3) == 3 and near.first(1, lambda v: True) is None
+    assert near.first(0, lambda v: v == 1) is None  # a candidate that does not correlate is no neighbour
+    # the eager answer over every candidate agrees; (2, 3) is no candidate, so no pair
+    assert near.confirmed() == [{2, 3}, set(), {0}, {0}]
+    assert near.stats() == {"near_dup_checked": 3, "near_dup_pairs": 2}
+    eager = dedup.correlations(thumbs, cand)
+    assert [bool(c >= 0.88) for c in eager] == [False, True, True]

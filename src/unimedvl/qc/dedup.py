@@ -106,14 +106,22 @@ def popcount64(x: np.ndarray) -> np.ndarray:
 
 
 
-def correlations(thumbs: Sequence[bytes], pairs: np.ndarray, max_shift: int = 1, chunk: int = 4096) -> np.ndarray:
-    """`correlation` for many (i, j) pairs of `thumbs` at once (vectorised; same values)."""
+def thumbnail_stack(thumbs: Sequence[bytes]) -> np.ndarray:
+    """[n, side, side] float32 of `thumbnail` bytes, built once for many `correlations` calls."""
+    side = int(round(len(thumbs[0]) ** 0.5)) if thumbs else 0
+    return np.stack([np.frombuffer(t, np.uint8).reshape(side, side) for t in thumbs]).astype(np.float32) if thumbs \
+        else np.zeros((0, 0, 0), np.float32)
+
+
+def correlations(thumbs: Sequence[bytes] | np.ndarray, pairs: np.ndarray, max_shift: int = 1, chunk: int = 4096) -> np.ndarray:
+    """`correlation` for many (i, j) pairs of `thumbs` (bytes, or their `thumbnail_stack`) at once
+    (vectorised; same values)."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     out = np.full(len(pairs), -1.0)
     if not len(pairs):
         return out
-    side = int(round(len(thumbs[0]) ** 0.5))
-    stack = np.stack([np.frombuffer(t, np.uint8).reshape(side, side) for t in thumbs]).astype(np.float32)
+    stack = thumbs if isinstance(thumbs, np.ndarray) else thumbnail_stack(thumbs)
+    side = stack.shape[1]
     for lo in range(0, len(pairs), chunk):
         pr = pairs[lo : lo + chunk]
         x, y = stack[pr[:, 0]], stack[pr[:, 1]]

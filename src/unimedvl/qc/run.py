@@ -70,9 +70,61 @@ def map_local(paths: list[Path], cfg: QCConfig) -> pa.Table:
 # --- duplicates and leakage ------------------------------------------------------------------------
 
 
+class NearPairs:
+    """Candidate near pairs of unique images (perceptual-hash neighbours), each confirmed by thumbnail
+    correlation only when a decision reads it, and at most once.
+
+    Phantoms share one template, so nearly every pair of them is a candidate (hundreds of thousands
+    on the demo data); the cross-split check stops at an image's first confirmed neighbour in a later
+    split, so confirming every candidate up front was most of QC's time for the same decisions."""
+
+    def __init__(self, thumbs: list[bytes], cand: np.ndarray, min_corr: float, block: int = 8):
+        self.thumbs, self.min_corr, self.block = dedup.thumbnail_stack(thumbs), min_corr, block
+        self.candidates: list[list[int]] = [[] for _ in range(len(thumbs))]
+        for a, b in cand.tolist():
+            self.candidates[a].append(b)
+            self.candidates[b].append(a)
+        for c in self.candidates:
+            c.sort()
+        self.corr: dict[tuple[int, int], float] = {}
+        self.seconds = 0.0
+
+    def _confirm(self, pairs: list[tuple[int, int]]) -> None:
+        todo = [p for p in dict.fromkeys(pairs) if p not in self.corr]
+        if todo:
+            t0 = time.perf_counter()
+            self.corr.update(zip(todo, dedup.correlations(self.thumbs, np.array(todo)).tolist(), strict=True))
+            self.seconds += time.perf_counter() - t0
+
+    def is_near(self, a: int, b: int) -> bool:
+        key = (min(a, b), max(a, b))
+        self._confirm([key])
+        return self.corr[key] >= self.min_corr
+
+    def first(self, u: int, wanted) -> int | None:
+        """The lowest-numbered confirmed neighbour v of image u with `wanted(v)` (the order the eager
+        search read them in), confirming candidates a block at a time."""
+        eligible = [v for v in self.candidates[u] if wanted(v)]
+        for lo in range(0, len(eligible), self.block):
+            part = eligible[lo : lo + self.block]
+            self._confirm([(min(u, v), max(u, v)) for v in part])
+            for v in part:
+                if self.is_near(u, v):
+                    return v
+        return None
+
+    def confirmed(self) -> list[set[int]]:
+        """Every candidate confirmed: each image's near neighbours (within-split deduplication)."""
+        self._confirm([(a, b) for a, c in enumerate(self.candidates) for b in c if a < b])
+        return [{v for v in c if self.is_near(u, v)} for u, c in enumerate(self.candidates)]
+
+    def stats(self) -> dict[str, int]:
+        return {"near_dup_checked": len(self.corr), "near_dup_pairs": sum(c >= self.min_corr for c in self.corr.values())}
+
+
 def image_graph(res: dict[str, list], standing: list[int], cfg: QCConfig
-                ) -> tuple[dict[bytes, int], list[set[int]], list[int], dict[str, Any]]:
-    """Unique images (by decoded-pixel hash) of the standing records, their confirmed near pairs, and
+                ) -> tuple[dict[bytes, int], NearPairs, list[int], dict[str, Any]]:
+    """Unique images (by decoded-pixel hash) of the standing records, their candidate near pairs, and
     the highest split rank each image is used in."""
     uid: dict[bytes, int] = {}
     phashes: list[int] = []
@@ -95,18 +147,9 @@ def image_graph(res: dict[str, list], standing: list[int], cfg: QCConfig
     n_cand = int(len(cand))
     if not cfg.near_dup_within_split and len(cand):
         cand = cand[_read_by_leakage(np.array(low), np.array(top), cand)]
-    near: list[set[int]] = [set() for _ in phashes]
-    corr = dedup.correlations(thumbs, cand) if len(cand) else np.empty(0)
-    confirmed = 0
-    for (a, b), c in zip(cand.tolist(), corr.tolist(), strict=True):
-        if c >= cfg.near_dup_min_corr:
-            near[a].add(b)
-            near[b].add(a)
-            confirmed += 1
-    stats = {"unique_images": len(phashes), "near_dup_candidates": n_cand, "near_dup_checked": int(len(cand)),
-             "near_dup_pairs": confirmed,
+    stats = {"unique_images": len(phashes), "near_dup_candidates": n_cand, "near_dup_readable": int(len(cand)),
              "near_dup_search_s": round(time.perf_counter() - t0, 3)}
-    return uid, near, top, stats
+    return uid, NearPairs(thumbs, cand, cfg.near_dup_min_corr), top, stats
 
 
 def _read_by_leakage(low: np.ndarray, top: np.ndarray, cand: np.ndarray) -> np.ndarray:
@@ -122,6 +165,7 @@ def find_leakage_and_duplicates(res: dict[str, list], decided: dict[int, tuple[s
     n = len(res["_key"])
     standing = [i for i in range(n) if i not in decided]
     uid, near, top_split, stats = image_graph(res, standing, cfg)
+    neighbours = near.confirmed() if cfg.near_dup_within_split else None
     official = set(cfg.keep_official_split_sources)
     leak_counts: Counter = Counter()
     overlap: Counter = Counter()
@@ -132,11 +176,12 @@ def find_leakage_and_duplicates(res: dict[str, list], decided: dict[int, tuple[s
         hit = None
         for k, ph in enumerate(res["img_pixel_hash"][i]):
             u = uid[ph]
-            for v in (u, *sorted(near[u])):
-                if top_split[v] > rank:
-                    hit = (k, v, top_split[v], "is pixel-identical to" if v == u else "near-duplicates")
-                    break
-            if hit:
+            if top_split[u] > rank:
+                hit = (k, u, top_split[u], "is pixel-identical to")
+                break
+            v = near.first(u, lambda v, rank=rank: top_split[v] > rank)
+            if v is not None:
+                hit = (k, v, top_split[v], "near-duplicates")
                 break
         if not hit:
             continue
@@ -156,10 +201,10 @@ def find_leakage_and_duplicates(res: dict[str, list], decided: dict[int, tuple[s
     stats.update(text_leakage(res, decided, cfg, official))
 
     # Within-split duplicate records: same image(s) (exact, or confirmed near copies), task and text.
-    if cfg.near_dup_within_split:
-        comp = dedup.components_of(len(near), ((a, b) for a in range(len(near)) for b in near[a] if a < b))
+    if neighbours is not None:
+        comp = dedup.components_of(len(neighbours), ((a, b) for a in range(len(neighbours)) for b in neighbours[a] if a < b))
     else:
-        comp = np.arange(len(near))
+        comp = np.arange(len(near.candidates))
     first: dict[tuple, int] = {}
     dups = Counter()
     for i in range(n):
@@ -175,6 +220,7 @@ def find_leakage_and_duplicates(res: dict[str, list], decided: dict[int, tuple[s
         else:
             first[key] = i
     stats["duplicate_records"] = dict(dups)
+    stats.update(near.stats(), near_dup_confirm_s=round(near.seconds, 3))
     return stats
 
 
