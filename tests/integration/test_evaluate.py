@@ -109,6 +109,10 @@ def test_the_model_evaluated_started_from_the_warm_ups(smoke_pipeline):
     q = lineage["extra"]["question_warmup"]
     assert q["steps"] == smoke_pipeline["params"].autoencoder.question_warmup.steps > 0 and q["questions"] >= 20
     assert q["ce_end"] < q["ce_start"]
+    # and the generation warm-up trained the generator on their text-to-image records
+    g = lineage["extra"]["generation_warmup"]
+    assert g["steps"] == smoke_pipeline["params"].autoencoder.generation_warmup.steps > 0 and g["records"] >= 20
+    assert g["mse_end"] < g["mse_start"]
 
 
 def test_evaluate_writes_every_family(evaluated, smoke_pipeline):

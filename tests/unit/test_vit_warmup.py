@@ -197,7 +197,7 @@ def test_shard_store_resample_oversamples_drops_and_keeps_to_the_categories(tmp_
     data = _presence_folder(tmp_path / "qc", n_per_answer=3, other=2, real=0)
     store = ShardStore(data)
     assert store.counts()["i2t"] == 8
-    counts = store.resample(lambda row: 3 if is_presence_question(row) else 0, categories=("i2t",))
+    counts = store.resample(lambda ref: 3 if is_presence_question(store.row(ref)) else 0, categories=("i2t",))
     assert counts["i2t"] == 18 and sum(counts.values()) == 18
     rows = [store.row(r) for r in store.by_category["i2t"]]
     assert all(map(is_presence_question, rows)) and len({r["id"] for r in rows}) == 6
@@ -205,5 +205,89 @@ def test_shard_store_resample_oversamples_drops_and_keeps_to_the_categories(tmp_
 
     mixed = ShardStore(make_dataset(tmp_path / "mixed", per_task=2, splits=("train",)))
     assert mixed.counts()["text_only"] > 0
-    after = mixed.resample(lambda row: 1, categories=("i2t",))
+    after = mixed.resample(lambda ref: 1, categories=("i2t",))
     assert after["text_only"] == 0 and after["i2t"] == 6  # vqa_open, vqa_closed, caption: 2 each
+
+
+def _stripes(vertical: bool, k: int = 0) -> np.ndarray:
+    """Vertical or horizontal 8 px stripes (a random autoencoder's group norms erase a constant image)."""
+    bars = (np.arange(64) // 8 % 2 * 200 + 30)[None, :].repeat(64, 0)
+    img = bars if vertical else bars.T
+    return np.clip(img + np.random.default_rng(k).integers(0, 20, (64, 64)), 0, 255).astype(np.uint8)
+
+
+def _t2i_folder(out, n_per_prompt=12, real=3):
+    """Phantom-style text-to-image records whose prompt says "vertical" or "horizontal" stripes and
+    whose image is that, and `real` t2i records without ground truth (left out of the warm-up)."""
+    from unimedvl.data.images import encode_png
+    from unimedvl.data.schema import SUB_TO_MAIN, Record, Turn
+    from unimedvl.data.shards import DatasetWriter
+
+    w = DatasetWriter(out, step="qc")
+    for k, vertical in enumerate((True, False) * n_per_prompt):
+        img = _stripes(vertical, k)
+        w.add("phantom", Record(
+            id=f"g{k}", dataset="phantom", modality="xray", main_task_type=SUB_TO_MAIN["t2i"], sub_task_type="t2i",
+            split="train", lang="en", license="CC0", source_uri="phantom://", patient_key=f"p{k}",
+            message=[Turn("human", f"Generate an image of {'vertical' if vertical else 'horizontal'} stripes."),
+                     Turn("gpt", "Here is the generated frontal chest radiograph.")],
+            output_img=[encode_png(img)], labels={"generator": "unimedvl.phantoms"}))
+    for j in range(real):
+        w.add("test", Record(
+            id=f"real{j}", dataset="test", modality="xray", main_task_type=SUB_TO_MAIN["t2i"], sub_task_type="t2i",
+            split="train", lang="en", license="CC0", source_uri="test://", patient_key=f"r{j}",
+            message=[Turn("human", "Generate a frontal chest radiograph."), Turn("gpt", "Here it is.")],
+            output_img=[encode_png(np.full((64, 64), 90, dtype=np.uint8))]))
+    w.close()
+    return out
+
+
+def test_generation_warmup_learns_what_the_prompt_asks_for_on_phantom_t2i_only(tmp_path, one_torch_thread):
+    from unimedvl.config import GenerationWarmupConfig, Params
+    from unimedvl.evaluate.sampling import context
+    from unimedvl.model.checkpoint import load_model
+    from unimedvl.model.tokenizer import load_tokenizer
+    from unimedvl.train.data import ShardStore
+    from unimedvl.train.stages import stage_spec
+    from unimedvl.train.vit_warmup import is_generation_expert, is_phantom_t2i, warm_up_generation
+    from train_helpers import make_model_folder
+
+    data = _t2i_folder(tmp_path / "qc")
+    folder = make_model_folder(data, tmp_path / "model")
+    model, _ = load_model(folder, "ema")
+    tok = load_tokenizer(folder)
+    spec = stage_spec(Params(), "stage1")
+    store = ShardStore(data)
+    rows = [store.row(r) for r in store.by_category["t2i"]]
+    assert sum(map(is_phantom_t2i, rows)) == 24 and len(rows) == 27
+    prompts = [r for r in rows if is_phantom_t2i(r)][:2]  # one vertical, one horizontal
+    with torch.no_grad():  # the two targets' latents (the random autoencoder's decoder blurs them alike)
+        targets = [model.autoencoder.encode(torch.from_numpy(_stripes(v)).float().div(127.5).sub(1).expand(1, 3, 64, 64))[0]
+                   for v in (True, False)]
+
+    def distances():
+        """Each sampled latent's mean squared distance to the vertical and to the horizontal target [8, 2];
+        the first four sampled for the vertical prompt, the last four for the horizontal one."""
+        ctx = [context(r, tok, spec, model.cfg) for r in prompts for _ in range(4)]
+        with torch.no_grad():
+            z = torch.stack(model.eval().generate_images(ctx, num_steps=8, seeds=list(range(8)), return_latent=True))
+        return torch.stack([((z - t) ** 2).mean(dim=(1, 2, 3)) for t in targets], dim=1)
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.vit_model.requires_grad_(False)
+    grads_before = [p.requires_grad for p in model.parameters()]
+    untrained = distances()
+    out = warm_up_generation(model, tok, data, spec, GenerationWarmupConfig(steps=60, lr=2e-3), seed=0)
+    assert out["steps"] == 60 and out["records"] == 24 and out["mse_end"] < out["mse_start"]
+    d = distances()
+    # the prompt now picks which image is drawn: every sample is nearer the target its prompt asked for
+    assert (d[:4, 0] < d[:4, 1]).all() and (d[4:, 1] < d[4:, 0]).all(), (d, untrained)
+    after = model.state_dict()
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    # only the generation expert learnt: the understanding weights (which read prompts and answer
+    # questions), the ViT and the autoencoder are as they were
+    assert changed and all(map(is_generation_expert, changed)), sorted(k for k in changed if not is_generation_expert(k))
+    assert any("_moe_gen" in k for k in changed) and "llm2vae.weight" in changed
+    assert [p.requires_grad for p in model.parameters()] == grads_before
+    skipped = warm_up_generation(model, tok, data, spec, GenerationWarmupConfig(steps=0), seed=0)
+    assert skipped["steps"] == 0 and "no steps" in skipped["skipped"]

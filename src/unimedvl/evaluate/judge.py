@@ -155,12 +155,19 @@ def real_train_images(data_dir: Path | None, limit: int, resolution: int, seed: 
     return np.stack(out) if out else np.zeros((0, resolution, resolution), dtype=np.uint8)
 
 
-def auroc_per_finding(probs: np.ndarray, labels: np.ndarray, family: np.ndarray) -> dict[str, float | None]:
+def in_family(family: np.ndarray) -> np.ndarray:
+    """[n, findings] mask: each finding scored among the images of its own family (family 1: brain)."""
+    return np.stack([family == (1 if f == "lesion" else 0) for f in FINDINGS], axis=1)
+
+
+def auroc_per_finding(probs: np.ndarray, labels: np.ndarray, keep: np.ndarray | None = None) -> dict[str, float | None]:
+    """AUROC of each finding's scores over the images `keep[:, j]` selects (None: all of them); None
+    where the selection lacks a class."""
     from sklearn.metrics import roc_auc_score
 
     out: dict[str, float | None] = {}
     for j, f in enumerate(FINDINGS):
-        m = family == (1 if f == "lesion" else 0)
+        m = slice(None) if keep is None else keep[:, j]
         y = labels[m, j]
         out[f] = float(roc_auc_score(y, probs[m, j])) if 0 < y.sum() < len(y) else None
     return out
@@ -241,11 +248,9 @@ def _train_judge(out_dir: str | Path, params: Params, data_dir: str | Path | Non
     timings["train_s"] = round(time.perf_counter() - t0 - timings["phantoms_s"], 2)
     judge = Judge(net, cfg, dict.fromkeys(FINDINGS, 0.5))
     p_hold = judge.probabilities(imgs[hold])
-    auroc = auroc_per_finding(p_hold, labels[hold], fam[hold])
-    thresholds = {}
-    for j, f in enumerate(FINDINGS):
-        m = fam[hold] == (1 if f == "lesion" else 0)
-        thresholds[f] = _threshold(p_hold[m, j], labels[hold][m, j])
+    keep = in_family(fam[hold])
+    auroc = auroc_per_finding(p_hold, labels[hold], keep)
+    thresholds = {f: _threshold(p_hold[keep[:, j], j], labels[hold][keep[:, j], j]) for j, f in enumerate(FINDINGS)}
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / WEIGHTS))
     (out_dir / CONFIG).write_text(json.dumps({"findings": list(FINDINGS), "config": cfg.model_dump(),
                                               "thresholds": thresholds}, indent=2) + "\n")

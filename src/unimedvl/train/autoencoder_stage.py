@@ -112,6 +112,9 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
         run.log_metric_rows([(r["step"], {k: r[k] for k in ("loss", "mse", "kl", "grad_norm", "lr", "samples_per_s")})
                              for r in rows])
     end_loss = recon_loss()
+    # The ViT and question warm-ups first, on the model the autoencoder was fitted in: building the final
+    # model draws its (discarded) initial weights from the global generator, and the question warm-up
+    # leaves its plateau or not depending on that state (docs/understanding.md, third round).
     vit_summary = _warm_up_vit(run, data_dir, out_dir, params, model, progress)
     question_summary = _warm_up_questions(run, data_dir, out_dir, params, model, tok, progress)
     # Latent statistics -> scale and shift (FLUX's are fixed constants measured the same way).
@@ -124,11 +127,14 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
     final = build_model(final_cfg, special=tok.special)
     final.load_state_dict({**{k: v for k, v in model.state_dict().items() if not k.startswith("autoencoder.")},
                            **{f"autoencoder.{k}": v for k, v in ae.state_dict().items()}})
+    # The generation warm-up trains the final model: its velocity is learnt in the final latent units.
+    generation_summary = _warm_up_generation(run, data_dir, out_dir, params, final, tok, progress)
     h = params_hash("autoencoder", cfg.model_dump(), params.train.preset, params.train.seed)
     lineage = _lineage(data_dir, h, prev, "autoencoder", {"heldout_recon_start": start_loss, "heldout_recon_end": end_loss,
                                                            "init": str(init) if init else None,
                                                            "vit_warmup": vit_summary,
-                                                           "question_warmup": question_summary})
+                                                           "question_warmup": question_summary,
+                                                           "generation_warmup": generation_summary})
     save_model(final, out_dir, lineage=lineage, tokenizer=tok)
     art = out_dir.parent / f".{out_dir.name}-artifacts"
     if rows:
@@ -143,7 +149,7 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
                                           "latent_scale": scale, "latent_shift": shift})])
     return {"stage": "autoencoder", "steps": steps, "heldout_start": {"loss": start_loss}, "heldout_end": {"loss": end_loss},
             "latent_scale": scale, "latent_shift": shift, "run_id": run.run_id, "fitted": not init,
-            "vit_warmup": vit_summary, "question_warmup": question_summary}
+            "vit_warmup": vit_summary, "question_warmup": question_summary, "generation_warmup": generation_summary}
 
 
 def _warm_up_vit(run, data_dir, out_dir, params, model, progress) -> dict[str, Any]:
@@ -175,9 +181,28 @@ def _warm_up_questions(run, data_dir, out_dir, params, model, tok, progress) -> 
     bar = _Progress(out_dir, "question warm-up", cfg.steps, progress and cfg.steps > 0)
     summary = warm_up_questions(model, tok, data_dir, stage_spec(params, "stage1"), cfg, params.train.seed,
                                 languages=tuple(params.ingest.mixture_languages),
+                                precision=params.train.precision,
                                 progress=lambda step, ce: bar.update(completed=step, loss=ce, tps=0.0))
     bar.close()
     if summary["steps"]:
         run.log_metric_rows([(summary["steps"], {"question_warmup_ce_start": summary["ce_start"],
                                                  "question_warmup_ce_end": summary["ce_end"]})])
+    return summary
+
+
+def _warm_up_generation(run, data_dir, out_dir, params, model, tok, progress) -> dict[str, Any]:
+    """The text-to-image warm-up (train/vit_warmup.py) on the model with its final latent scale, logged."""
+    from .stages import stage_spec
+    from .vit_warmup import warm_up_generation
+
+    cfg = params.autoencoder.generation_warmup
+    bar = _Progress(out_dir, "generation warm-up", cfg.steps, progress and cfg.steps > 0)
+    summary = warm_up_generation(model, tok, data_dir, stage_spec(params, "stage1"), cfg, params.train.seed,
+                                 languages=tuple(params.ingest.mixture_languages),
+                                 precision=params.train.precision,
+                                 progress=lambda step, mse: bar.update(completed=step, loss=mse, tps=0.0))
+    bar.close()
+    if summary["steps"]:
+        run.log_metric_rows([(summary["steps"], {"generation_warmup_mse_start": summary["mse_start"],
+                                                 "generation_warmup_mse_end": summary["mse_end"]})])
     return summary

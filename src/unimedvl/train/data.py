@@ -76,10 +76,10 @@ class ShardStore:
         return {c: len(v) for c, v in self.by_category.items()}
 
     def resample(self, copies, categories: tuple[str, ...] | None = None) -> dict[str, int]:
-        """Index each row `copies(row)` times (0 drops it), and only rows of `categories` (None: all): a
-        warm-up that oversamples one kind of record draws it that much more often, draws within a
-        category staying uniform over the index. Rows per category afterwards."""
-        self.by_category = {c: [r for r in refs for _ in range(int(copies(self.row(r))))]
+        """Index each row `copies(ref)` times (0 drops it; `self.row(ref)` reads it), and only rows of
+        `categories` (None: all): a warm-up that oversamples one kind of record draws it that much more
+        often, draws within a category staying uniform over the index. Rows per category afterwards."""
+        self.by_category = {c: [r for r in refs for _ in range(int(copies(r)))]
                             if categories is None or c in categories else []
                             for c, refs in self.by_category.items()}
         return self.counts()
