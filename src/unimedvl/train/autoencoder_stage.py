@@ -116,7 +116,7 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
     # model draws its (discarded) initial weights from the global generator, and the question warm-up
     # leaves its plateau or not depending on that state (docs/understanding.md, third round).
     vit_summary = _warm_up_vit(run, data_dir, out_dir, params, model, progress)
-    question_summary = _warm_up_questions(run, data_dir, out_dir, params, model, tok, progress)
+    question_summary = _warm_up_backbone("question", run, data_dir, out_dir, params, model, tok, progress)
     # Latent statistics -> scale and shift (FLUX's are fixed constants measured the same way).
     with torch.no_grad():
         mean = torch.cat([ae.encoder(data[i : i + 32]).chunk(2, dim=1)[0] for i in range(0, min(len(data), 256), 32)])
@@ -128,7 +128,7 @@ def _fit_autoencoder(run, data_dir, out_dir, params, cfg, prev, tok, mcfg, model
     final.load_state_dict({**{k: v for k, v in model.state_dict().items() if not k.startswith("autoencoder.")},
                            **{f"autoencoder.{k}": v for k, v in ae.state_dict().items()}})
     # The generation warm-up trains the final model: its velocity is learnt in the final latent units.
-    generation_summary = _warm_up_generation(run, data_dir, out_dir, params, final, tok, progress)
+    generation_summary = _warm_up_backbone("generation", run, data_dir, out_dir, params, final, tok, progress)
     h = params_hash("autoencoder", cfg.model_dump(), params.train.preset, params.train.seed)
     lineage = _lineage(data_dir, h, prev, "autoencoder", {"heldout_recon_start": start_loss, "heldout_recon_end": end_loss,
                                                            "init": str(init) if init else None,
@@ -172,37 +172,21 @@ def _warm_up_vit(run, data_dir, out_dir, params, model, progress) -> dict[str, A
     return summary
 
 
-def _warm_up_questions(run, data_dir, out_dir, params, model, tok, progress) -> dict[str, Any]:
-    """The finding-question warm-up (train/vit_warmup.py) over the warmed-up ViT, logged."""
+def _warm_up_backbone(kind: str, run, data_dir, out_dir, params, model, tok, progress) -> dict[str, Any]:
+    """A backbone warm-up of train/vit_warmup.py, logged: `question` (the finding questions, over the
+    warmed-up ViT) or `generation` (the generation expert, on the model with its final latent scale)."""
+    from . import vit_warmup
     from .stages import stage_spec
-    from .vit_warmup import warm_up_questions
 
-    cfg = params.autoencoder.question_warmup
-    bar = _Progress(out_dir, "question warm-up", cfg.steps, progress and cfg.steps > 0)
-    summary = warm_up_questions(model, tok, data_dir, stage_spec(params, "stage1"), cfg, params.train.seed,
-                                languages=tuple(params.ingest.mixture_languages),
-                                precision=params.train.precision,
-                                progress=lambda step, ce: bar.update(completed=step, loss=ce, tps=0.0))
+    warm_up, loss = {"question": (vit_warmup.warm_up_questions, "ce"),
+                     "generation": (vit_warmup.warm_up_generation, "mse")}[kind]
+    cfg = getattr(params.autoencoder, f"{kind}_warmup")
+    bar = _Progress(out_dir, f"{kind} warm-up", cfg.steps, progress and cfg.steps > 0)
+    summary = warm_up(model, tok, data_dir, stage_spec(params, "stage1"), cfg, params.train.seed,
+                      languages=tuple(params.ingest.mixture_languages), precision=params.train.precision,
+                      progress=lambda step, value: bar.update(completed=step, loss=value, tps=0.0))
     bar.close()
     if summary["steps"]:
-        run.log_metric_rows([(summary["steps"], {"question_warmup_ce_start": summary["ce_start"],
-                                                 "question_warmup_ce_end": summary["ce_end"]})])
-    return summary
-
-
-def _warm_up_generation(run, data_dir, out_dir, params, model, tok, progress) -> dict[str, Any]:
-    """The text-to-image warm-up (train/vit_warmup.py) on the model with its final latent scale, logged."""
-    from .stages import stage_spec
-    from .vit_warmup import warm_up_generation
-
-    cfg = params.autoencoder.generation_warmup
-    bar = _Progress(out_dir, "generation warm-up", cfg.steps, progress and cfg.steps > 0)
-    summary = warm_up_generation(model, tok, data_dir, stage_spec(params, "stage1"), cfg, params.train.seed,
-                                 languages=tuple(params.ingest.mixture_languages),
-                                 precision=params.train.precision,
-                                 progress=lambda step, mse: bar.update(completed=step, loss=mse, tps=0.0))
-    bar.close()
-    if summary["steps"]:
-        run.log_metric_rows([(summary["steps"], {"generation_warmup_mse_start": summary["mse_start"],
-                                                 "generation_warmup_mse_end": summary["mse_end"]})])
+        run.log_metric_rows([(summary["steps"], {f"{kind}_warmup_{loss}_start": summary[f"{loss}_start"],
+                                                 f"{kind}_warmup_{loss}_end": summary[f"{loss}_end"]})])
     return summary
