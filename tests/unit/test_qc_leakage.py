@@ -140,3 +140,24 @@ def test_near_pairs_confirm_only_what_a_decision_reads_and_answer_as_the_eager_s
     assert near.stats() == {"near_dup_checked": 3, "near_dup_pairs": 2}
     eager = dedup.correlations(thumbs, cand)
     assert [bool(c >= 0.88) for c in eager] == [False, True, True]
+
+
+def test_near_pairs_threshold_is_inclusive_and_a_block_is_confirmed_at_once():
+    import numpy as np
+
+    from unimedvl.qc import dedup
+    from unimedvl.qc.run import NearPairs
+
+    base = phantom(23)
+    thumbs = [dedup.thumbnail(a) for a in (base, phantom(24), base.copy(), near_copy(base))]
+    cand = np.array([(0, 1), (0, 2), (0, 3)])
+    # a pixel copy correlates exactly 1.0: at min_corr 1.0 it is a neighbour (>=), the near copy is not
+    exact = NearPairs(thumbs, cand, min_corr=1.0)
+    assert exact.first(0, lambda v: True) == 2 and exact.is_near(0, 2) and not exact.is_near(0, 3)
+    assert exact.stats() == {"near_dup_checked": 3, "near_dup_pairs": 1}
+    # candidates are correlated a block at a time: two unrelated scans, then a block holding the copies,
+    # both of whose pairs are computed though the first one decides
+    thumbs = [dedup.thumbnail(a) for a in (base, phantom(24), phantom(25), near_copy(base), base.copy())]
+    blocked = NearPairs(thumbs, np.array([(0, 1), (0, 2), (0, 3), (0, 4)]), min_corr=0.88, block=2)
+    assert blocked.first(0, lambda v: True) == 3
+    assert blocked.stats() == {"near_dup_checked": 4, "near_dup_pairs": 2}
