@@ -148,10 +148,10 @@ class QuestionWarmupConfig(_Strict):
 
 class GenerationWarmupConfig(_Strict):
     """The text-to-image warm-up at the end of the autoencoder stage (train/vit_warmup.py), once the latent
-    scale is fixed: the backbone learns the training split's phantom t2i records (prompts that name the
-    findings) before the curriculum mixes them with everything else."""
+    scale is fixed: the generation expert alone learns the training split's phantom t2i records (prompts
+    that name the findings) before the curriculum mixes them with everything else."""
 
-    steps: int = Field(400, ge=0, description="0: the curriculum alone trains generation")
+    steps: int = Field(300, ge=0, description="0: the curriculum alone trains generation")
     lr: float = Field(1e-3, gt=0)
     lr_warmup_steps: int = Field(10, ge=0)
     max_tokens: int = Field(1024, gt=0, description="token budget of one packed batch")

@@ -1,5 +1,5 @@
-"""Warm-ups before the curriculum: finding-aware ViT features, the generator on prompts that name the
-findings, then finding questions answered over the ViT's features.
+"""Warm-ups before the curriculum: finding-aware ViT features, finding questions answered over them,
+then the generation expert on prompts that name the findings.
 
 The paper starts every stage from a pretrained SigLIP ViT. The CPU presets start from a random one,
 and measured on the demo data that is why the model answers finding questions from the question
