@@ -88,6 +88,45 @@ def test_packing_respects_budget_and_is_deterministic(data, tok):
     assert not set(r0.rows["t2i"]) & set(r1.rows["t2i"])
 
 
+def test_stream_gives_the_same_batches_in_turn_and_prefetched(data, tok, monkeypatch):
+    """The prefetch thread (used on accelerators) changes when batches are built, not what they are;
+    its errors reach the consumer, and leaving the stream early stops it."""
+    spec = TINY["stage2"].override(max_tokens=300)
+    loader = MixtureLoader(ShardStore(data), tok, spec, _cfg(tok), seed=5)
+    in_turn = list(loader.stream(3, 9))
+    ahead = list(loader.stream(3, 9, prefetch=2))
+    assert [b.step for b in ahead] == [b.step for b in in_turn] == list(range(3, 9))
+    for a, b in zip(ahead, in_turn, strict=True):
+        assert torch.equal(a.packed.text_ids, b.packed.text_ids) and a.categories == b.categories
+    first = next(loader.stream(0, 50, prefetch=3))
+    assert first.step == 0
+    real_batch = loader.batch
+
+    def failing(step):
+        if step == 4:
+            raise ValueError("shard 2 is unreadable")
+        return real_batch(step)
+
+    monkeypatch.setattr(loader, "batch", failing)
+    got = []
+    with pytest.raises(ValueError, match="shard 2 is unreadable"):
+        for b in loader.stream(0, 10, prefetch=2):
+            got.append(b.step)
+    assert got == [0, 1, 2, 3]
+
+
+def test_prefetch_only_where_a_core_is_spare_or_the_step_runs_on_an_accelerator(monkeypatch):
+    from unimedvl.train.ray_job import prefetch_depth
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert prefetch_depth(torch.device("cpu"), 1) == 0  # the demo: one worker with both cores
+    assert prefetch_depth(torch.device("cuda", 0), 1) == 2
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert prefetch_depth(torch.device("cpu"), 1) == 2
+    assert prefetch_depth(torch.device("cpu"), 2) == 0
+
+
 def test_frozen_modules_do_not_change(data, tmp_path):
     from unimedvl.model.checkpoint import load_model
     from unimedvl.model.tokenizer import load_tokenizer
