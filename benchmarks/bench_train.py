@@ -6,7 +6,8 @@ bare single-process loop of the same model on the same batches, measured in one 
 
 The bare loop gets its batches prebuilt in memory; the Ray path builds them live (PNG decode, resize,
 tokenise, pack) in its prefetch thread and logs every step to MLflow (SQLite in a temp folder). Both
-use one torch thread. Printed: the loader's samples/s alone against the trainer's consumption (goal
+use one torch thread, which leaves a core for the prefetch thread (`ray_job.prefetch_depth`; where the
+step's threads fill every core, as in the demo, batches are built in turn instead). Printed: the loader's samples/s alone against the trainer's consumption (goal
 >= 5x), both mean step times, and last `ray/bare step-time ratio: X` (goal X <= 1.15). Step times
 skip the first `--skip` steps (warm-up) on both sides.
 """
