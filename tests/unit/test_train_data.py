@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import pytest
 import torch
@@ -101,6 +102,21 @@ def test_stream_gives_the_same_batches_in_turn_and_prefetched(data, tok, monkeyp
     first = next(loader.stream(0, 50, prefetch=3))
     assert first.step == 0
     real_batch = loader.batch
+    # Built lazily in turn by default, and at most `prefetch` (+ one waiting to be queued) ahead with the
+    # thread: a stream of the whole stage never holds more than a few batches in memory.
+    built = []
+    monkeypatch.setattr(loader, "batch", lambda step: built.append(step) or real_batch(step))
+    lazy = loader.stream(0, 50)
+    next(lazy)
+    time.sleep(0.3)  # time for a wrongly started producer to run ahead
+    assert built == [0]
+    lazy.close()
+    built.clear()
+    ahead = loader.stream(0, 50, prefetch=2)
+    next(ahead)
+    time.sleep(0.3)
+    assert 2 <= len(built) <= 4, built
+    ahead.close()
 
     def failing(step):
         if step == 4:
