@@ -3,13 +3,15 @@ bare single-process loop of the same model on the same batches, measured in one 
 
     python benchmarks/bench_train.py                 # synthetic shards (64 px), tiny model
     python benchmarks/bench_train.py --data data/qc  # your QC'd shards
+    python benchmarks/bench_train.py --threads 2     # the demo's worker: both cores, no prefetch thread
 
 The bare loop gets its batches prebuilt in memory; the Ray path builds them live (PNG decode, resize,
-tokenise, pack) in its prefetch thread and logs every step to MLflow (SQLite in a temp folder). Both
-use one torch thread, which leaves a core for the prefetch thread (`ray_job.prefetch_depth`; where the
-step's threads fill every core, as in the demo, batches are built in turn instead). Printed: the loader's samples/s alone against the trainer's consumption (goal
->= 5x), both mean step times, and last `ray/bare step-time ratio: X` (goal X <= 1.15). Step times
-skip the first `--skip` steps (warm-up) on both sides.
+tokenise, pack) and logs every step to MLflow (SQLite in a temp folder). Both use `--threads` torch
+threads: with the default 1 a core is left for the Ray path's prefetch thread; where the step's threads
+fill every core, as in the demo (`--threads 2` here), `ray_job.prefetch_depth` builds batches in turn.
+Printed: the loader's samples/s alone against the trainer's consumption (goal >= 5x), both mean step
+times, and last `ray/bare step-time ratio: X` (goal X <= 1.15). Step times skip the first `--skip`
+steps (warm-up) on both sides.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--skip", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of both loops (the worker's cpus_per_worker)")
     args = ap.parse_args()
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     from tests.train_helpers import make_dataset, make_model_folder
     from unimedvl.config import Params
     from unimedvl.model.checkpoint import load_model
@@ -57,7 +60,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     data = args.data or make_dataset(tmp / "qc", per_task=24)
     folder = make_model_folder(data, tmp / "models" / "autoencoder")
-    params = Params(train={"backend": "ray", "heldout_samples": 4, "grid_steps": 2, "log_every": 1,
+    params = Params(train={"backend": "ray", "cpus_per_worker": args.threads, "heldout_samples": 4, "grid_steps": 2, "log_every": 1,
                            "checkpoint_every": 10**6},
                     stage1={"steps": args.steps, "max_tokens": args.max_tokens},
                     tracking={"uri": f"sqlite:///{tmp / 'mlflow.db'}"})
