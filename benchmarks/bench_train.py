@@ -8,7 +8,7 @@ bare single-process loop of the same model on the same batches, measured in one 
 The bare loop gets its batches prebuilt in memory; the Ray path builds them live (PNG decode, resize,
 tokenise, pack) and logs every step to MLflow (SQLite in a temp folder). Both use `--threads` torch
 threads: with the default 1 a core is left for the Ray path's prefetch thread; where the step's threads
-fill every core, as in the demo (`--threads 2` here), `ray_job.prefetch_depth` builds batches in turn.
+fill every core, as in the demo (`--threads 2` here), `train.data.prefetch_depth` builds batches in turn.
 Printed: the loader's samples/s alone against the trainer's consumption (goal >= 5x), both mean step
 times, and last `ray/bare step-time ratio: X` (goal X <= 1.15). Step times skip the first `--skip`
 steps (warm-up) on both sides.

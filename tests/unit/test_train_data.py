@@ -132,7 +132,7 @@ def test_stream_gives_the_same_batches_in_turn_and_prefetched(data, tok, monkeyp
 
 
 def test_prefetch_only_where_a_core_is_spare_or_the_step_runs_on_an_accelerator(monkeypatch):
-    from unimedvl.train.ray_job import prefetch_depth
+    from unimedvl.train.data import prefetch_depth
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)

@@ -70,7 +70,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     from ..model.checkpoint import load_model, save_model
     from ..model.tokenizer import load_tokenizer
     from .curriculum import StageSpec, apply_freezing
-    from .data import STAGE_IDS, MixtureLoader, ShardStore
+    from .data import STAGE_IDS, MixtureLoader, ShardStore, prefetch_depth
     from .heldout import load_heldout, measure, paired_delta, summarise
     from .loop import (
         EMA,
@@ -248,16 +248,6 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return result if rank == 0 else None
-
-
-def prefetch_depth(device: torch.device, workers: int) -> int:
-    """How many batches to build ahead in a thread (MixtureLoader.stream): two where the step runs on
-    an accelerator or the job's workers (at most `workers` on this machine) leave a CPU core free, else
-    none, because the thread's decoding would take the cores the step's torch threads use (2 threads
-    on 2 cores: steps 2x slower than building each batch in turn)."""
-    if device.type != "cpu":
-        return 2
-    return 2 if (os.cpu_count() or 1) > torch.get_num_threads() * workers else 0
 
 
 def _gathered(model, trainable_only: bool = False):

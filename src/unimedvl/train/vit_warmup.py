@@ -267,7 +267,7 @@ def _train_backbone(model, tokenizer, store, spec, category: str, loss: str, see
     `trainable(name)`, only those parameters (the caller's freezing is restored afterwards); the mean
     `loss` ("ce" or "mse") of the first and last 20 steps."""
     from .curriculum import apply_freezing
-    from .data import MixtureLoader
+    from .data import MixtureLoader, prefetch_depth
     from .loop import TrainModule, make_optimizer, make_scheduler, train_step
 
     was = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -282,7 +282,7 @@ def _train_backbone(model, tokenizer, store, spec, category: str, loss: str, see
     module = TrainModule(model, touch=False)
     gen = torch.Generator().manual_seed(seed)
     losses, samples, t0 = [], 0, time.perf_counter()
-    for batch in loader.stream(0, spec.steps):
+    for batch in loader.stream(0, spec.steps, prefetch=prefetch_depth(torch.device("cpu"), 1)):
         res = train_step(module, batch.packed, optimizer, scheduler, generator=gen, grad_clip=spec.grad_clip,
                          precision=precision)
         losses.append(getattr(res, loss))
