@@ -144,21 +144,27 @@ def _presence_folder(out, n_per_answer=16, other=4, real=2):
     return out
 
 
-def test_question_warmup_trains_the_backbone_on_presence_questions_only(tmp_path, one_torch_thread):
-    from unimedvl.config import Params, QuestionWarmupConfig
+def _model_for(data, folder):
+    """A small untrained model folder built on `data`: its model (EMA weights), tokenizer and the stage-1
+    spec the warm-ups train with."""
+    from unimedvl.config import Params
     from unimedvl.model.checkpoint import load_model
-    from unimedvl.model.sampling import prefill
     from unimedvl.model.tokenizer import load_tokenizer
-    from unimedvl.train.data import ShardStore, record_to_sample
     from unimedvl.train.stages import stage_spec
-    from unimedvl.train.vit_warmup import is_presence_question, warm_up_questions
     from train_helpers import make_model_folder
 
+    folder = make_model_folder(data, folder)
+    return load_model(folder, "ema")[0], load_tokenizer(folder), stage_spec(Params(), "stage1")
+
+
+def test_question_warmup_trains_the_backbone_on_presence_questions_only(tmp_path, one_torch_thread):
+    from unimedvl.config import QuestionWarmupConfig
+    from unimedvl.model.sampling import prefill
+    from unimedvl.train.data import ShardStore, record_to_sample
+    from unimedvl.train.vit_warmup import is_presence_question, warm_up_questions
+
     data = _presence_folder(tmp_path / "qc")
-    folder = make_model_folder(data, tmp_path / "model")
-    model, _ = load_model(folder, "ema")
-    tok = load_tokenizer(folder)
-    spec = stage_spec(Params(), "stage1")
+    model, tok, spec = _model_for(data, tmp_path / "model")
     rows = [ShardStore(data).row(r) for r in ShardStore(data).by_category["i2t"]]
     assert sum(map(is_presence_question, rows)) == 32 and len(rows) == 38
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -243,20 +249,13 @@ def _t2i_folder(out, n_per_prompt=12, real=3):
 
 
 def test_generation_warmup_learns_what_the_prompt_asks_for_on_phantom_t2i_only(tmp_path, one_torch_thread):
-    from unimedvl.config import GenerationWarmupConfig, Params
+    from unimedvl.config import GenerationWarmupConfig
     from unimedvl.evaluate.sampling import context
-    from unimedvl.model.checkpoint import load_model
-    from unimedvl.model.tokenizer import load_tokenizer
     from unimedvl.train.data import ShardStore
-    from unimedvl.train.stages import stage_spec
     from unimedvl.train.vit_warmup import is_generation_expert, is_phantom_t2i, warm_up_generation
-    from train_helpers import make_model_folder
 
     data = _t2i_folder(tmp_path / "qc")
-    folder = make_model_folder(data, tmp_path / "model")
-    model, _ = load_model(folder, "ema")
-    tok = load_tokenizer(folder)
-    spec = stage_spec(Params(), "stage1")
+    model, tok, spec = _model_for(data, tmp_path / "model")
     store = ShardStore(data)
     rows = [store.row(r) for r in store.by_category["t2i"]]
     assert sum(map(is_phantom_t2i, rows)) == 24 and len(rows) == 27
