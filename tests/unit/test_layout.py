@@ -81,6 +81,12 @@ def test_text_only():
                    ("text", A, U + 2, U + 1 + A, "causal"), ("text", 3, U + 2 + A, U + 4 + A, "causal")]
 
 
+def test_an_answer_given_as_token_ids_is_one_target_as_the_string_is():
+    as_ids = chat_layout(TOK, ["hi"], target=TOK.encode("yo"))
+    assert as_ids == chat_layout(TOK, ["hi"], target="yo")
+    assert as_ids[-1] == Text([*TOK.encode("yo"), SP.eos], supervised=True)
+
+
 def test_text_to_image():
     got, b = runs(chat_layout(TOK, ["a scan"], target=IMG))
     n = len("a scan")

@@ -90,13 +90,13 @@ def test_local_overlay_pins_the_version_and_leaves_the_committed_one(tmp_path):
 def test_boundaries_are_inclusive_and_the_result_carries_the_numbers():
     """Exactly at min, at baseline + margin and at incumbent - max_regression passes (>=, not >); the
     result names the gate and value, and the regression threshold is below the incumbent."""
-    gate = GateConfig(metric="vqa.finding.accuracy", min=0.5, baseline="vqa.finding.blind.accuracy", margin=0.25, max_regression=0.25)
+    gate = GateConfig(metric="vqa.finding.accuracy", min=0.75, baseline="vqa.finding.blind.accuracy", margin=0.25, max_regression=0.25)
     r = check_gate(gate, metrics(vqa__finding__accuracy=0.75, vqa__finding__blind__accuracy=0.5), metrics(vqa__finding__accuracy=1.0))
-    assert r.passed, r.checks
+    assert r.passed is True, r.checks
     assert (r.gate, r.metric, r.value) == ("vqa.finding.accuracy",) * 2 + (0.75,)
-    assert [c["threshold"] for c in r.checks] == [0.5, 0.75, 0.75] and r.checks[2]["incumbent"] == 1.0
+    assert [c["threshold"] for c in r.checks] == [0.75, 0.75, 0.75] and r.checks[2]["incumbent"] == 1.0
     below = check_gate(gate, metrics(vqa__finding__accuracy=0.74, vqa__finding__blind__accuracy=0.5), metrics(vqa__finding__accuracy=1.0))
-    assert [c["passed"] for c in below.checks] == [True, False, False]
+    assert [c["passed"] for c in below.checks] == [False, False, False] and below.passed is False
 
 
 def test_an_incumbent_whose_metric_is_not_ok_does_not_block():
@@ -109,5 +109,17 @@ def test_an_incumbent_whose_metric_is_not_ok_does_not_block():
 
 def test_licence_gate_result_names_itself():
     ok, bad = licence_gate(False, [], False), licence_gate(True, [], True)
-    assert ok.gate == bad.gate == "licence" and ok.checks[0]["passed"] and not bad.checks[0]["passed"]
-    assert "unknown" in bad.reason  # no licence list: named as unknown
+    assert ok.gate == bad.gate == "licence" and ok.checks[0]["passed"] is True and bad.checks[0]["passed"] is False
+    assert bad.passed is False and "licences (unknown)" in bad.reason  # no licence list: named as unknown
+
+
+def test_gate_results_serialise_with_their_checks():
+    """The promotion record stores `to_dict()`: the licence check names its rule and the licences, and a
+    failed metric gate is False (not merely falsy) with its reason."""
+    r = licence_gate(True, ["CC-BY-NC-ND-4.0", "LicenseRef-unknown"], True)
+    assert r.to_dict() == {"gate": "licence", "passed": False, "metric": None, "value": None, "reason": r.reason,
+                           "checks": [{"rule": "commercial environment", "threshold": None, "passed": False,
+                                       "licences": ["CC-BY-NC-ND-4.0", "LicenseRef-unknown"]}]}
+    assert "licences (CC-BY-NC-ND-4.0, LicenseRef-unknown)" in r.reason
+    absent = check_gate(GATE, metrics(vqa__finding__blind__accuracy=0.5))
+    assert absent.passed is False and absent.to_dict()["reason"] == "vqa.finding.accuracy is not in eval/metrics.json"

@@ -104,8 +104,22 @@ def test_load_scorer_imports_factories_and_instances_and_refuses_the_rest(tmp_pa
     assert load_scorer("my_align:ready").score([1]) == [2.0]  # an instance is used as it is
     with pytest.raises(TypeError, match="my_align:NoScore gives NoScore, which has no score"):
         load_scorer("my_align:NoScore")
-    with pytest.raises(ValueError, match="must look like 'package.module:factory'"):
-        load_scorer("my_align.Const")
+    for bad in ("my_align.Const", "my_align:Const:extra", ":Const", "my_align:"):
+        with pytest.raises(ValueError, match="must look like 'package.module:factory'"):
+            load_scorer(bad)
+    # not a class, factory or scorer (a float is not callable): refused with the same message, never called
+    with pytest.raises(TypeError, match="math:pi gives float, which has no score"):
+        load_scorer("math:pi")
+    # a callable scorer instance is a scorer, used as it is (not called as if it were a factory)
+    (tmp_path / "my_callable.py").write_text(
+        "class Scorer:\n"
+        "    def score(self, records):\n"
+        "        return [3.0] * len(records)\n"
+        "    def __call__(self):\n"
+        "        raise AssertionError('a scorer instance was called as a factory')\n"
+        "instance = Scorer()\n"
+    )
+    assert load_scorer("my_callable:instance").score([1]) == [3.0]
     assert not isinstance(object(), AlignmentScorer)
 
 

@@ -39,7 +39,7 @@ class AlignmentScorer(Protocol):
 def load_scorer(spec: str) -> AlignmentScorer:
     """Import "module:attr" and call it when it is a class or factory."""
     module, _, attr = spec.partition(":")
-    if not module or not attr:
+    if not module or not attr or ":" in attr:
         raise ValueError(f"qc.alignment.scorer {spec!r} must look like 'package.module:factory'")
     obj = getattr(importlib.import_module(module), attr)
     # A class has a `score` attribute too, so the protocol check alone would hand back the class itself.
