@@ -66,3 +66,25 @@ def test_record_problems_name_the_bad_modality():
     bad = replace(_record(None), modality="banana")
     assert any(p.startswith("modality 'banana' is not one of") for p in bad.problems()), bad.problems()
     assert _record(None).problems() == []
+
+
+@pytest.mark.parametrize("vr, dummy", [
+    ("DA", "19000101"), ("DT", "19000101000000"), ("TM", "000000"), ("PN", "ANONYMOUS"),
+    ("SH", "ANONYMIZED"), ("CS", "ANONYMIZED"), ("AE", "ANONYMIZED"), ("LO", "ANONYMIZED"), ("UT", "ANONYMIZED"),
+    *[(vr, 0) for vr in ("US", "SS", "UL", "SL", "UV", "SV", "FL", "FD")], ("DS", "0"), ("IS", "0"),
+    *[(vr, b"") for vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN")],
+])
+def test_every_vr_gets_a_valid_dummy_that_holds_nothing_of_the_value(vr, dummy):
+    """The D action's replacement per value representation (PS3.15 E.1: a non-zero-length dummy of the
+    VR), from the value's VR alone: the original value never shows through."""
+    from unimedvl.data.dicom_profile import _dummy
+
+    got = _dummy(vr, Keyed(b"k"), "Acme Trials 20190314")
+    assert got == dummy and type(got) is type(dummy)
+
+
+def test_a_dummy_uid_is_the_keyed_uid_of_the_value():
+    from unimedvl.data.dicom_profile import _dummy
+
+    k = Keyed(b"k")
+    assert _dummy("UI", k, "1.2.840.99.1") == k.uid("1.2.840.99.1") != _dummy("UI", k, "1.2.840.99.2")

@@ -48,6 +48,8 @@ def test_option_letters_and_texts():
     assert U.closed_correct("The answer is right.", "B", q)
     assert not U.closed_correct("A", "B", q)
     assert not U.closed_correct("left or right", "B", q)  # two options named: no answer
+    # an empty answer names no option, whatever the options' texts are
+    assert U.option_letter("", {"A": "xxxx", "B": "left"}) is None and U.option_letter(None, {"A": "xxxx"}) is None
 
 
 def test_all_yes_answerer_scores_the_yes_share_only():

@@ -154,7 +154,7 @@ def _dummy(vr: str, keyed: Keyed, value: Any) -> Any:
         return b""
     if vr == "PN":
         return "ANONYMOUS"
-    return "ANONYMIZED"[:16] if vr in ("SH", "CS", "AE") else "ANONYMIZED"
+    return "ANONYMIZED"  # 10 characters: valid for every text VR, the 16-character SH, CS and AE too
 
 
 def _shift(value: str, days: int, vr: str) -> str:
