@@ -216,3 +216,4 @@ def test_mixture_takes_configured_languages_and_keeps_the_rest(tmp_path):
     assert m["by_lang"] == {"en": 2, "fr": 1, "zh": 2} and table.num_rows == 5
     assert select_mixture(table, IngestConfig().mixture_languages)["lang"].to_pylist() == ["en", "en"]
     assert select_mixture(table, ["en", "zh"]).num_rows == 4
+    assert select_mixture(table, []).num_rows == 0  # no language configured: nothing, not a type error

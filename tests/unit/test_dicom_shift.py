@@ -88,3 +88,15 @@ def test_a_dummy_uid_is_the_keyed_uid_of_the_value():
 
     k = Keyed(b"k")
     assert _dummy("UI", k, "1.2.840.99.1") == k.uid("1.2.840.99.1") != _dummy("UI", k, "1.2.840.99.2")
+
+
+@pytest.mark.filterwarnings("ignore:The value length")
+def test_a_shifted_date_is_eight_digits_and_an_unparsable_one_is_emptied():
+    """Careless exports: a DA with trailing digits is shifted to a valid DA (the extra digits, which
+    only a DT may carry, are dropped), and a date that does not parse is emptied, never kept."""
+    k = Keyed(b"k")
+    ds = Dataset()
+    ds.StudyDate, ds.ContentDate = "2019031412", "not a date"
+    DicomScrub(k, ("longitudinal_modified_dates",))(ds, "MRN1")
+    day = (dt.date(2019, 3, 14) + dt.timedelta(days=k.date_shift_days("MRN1"))).strftime("%Y%m%d")
+    assert ds.StudyDate == day and ds.ContentDate in ("", None)

@@ -44,6 +44,7 @@ def test_option_letters_and_texts():
     q = "Which side?\nA. left\nB. right\nC. both"
     assert U.closed_correct("B", "B", q)
     assert U.closed_correct("(B) right", "B", q)
+    assert U.closed_correct("b", "B", q) and U.closed_correct("(b)", "B", q)  # a lower-case letter
     assert U.closed_correct("right", "B", q)
     assert U.closed_correct("The answer is right.", "B", q)
     assert not U.closed_correct("A", "B", q)
@@ -212,6 +213,8 @@ def test_chance_rates_are_probabilities():
     assert hits_above_chance_p([True, True], [-0.2, 1.4]) == hits_above_chance_p([True, True], [0.0, 1.0]) == 0.0
     assert hits_above_chance_p([True, True], [1.4, 0.5]) == pytest.approx(0.5)  # P(both) with rates 1 and 0.5
     assert hits_above_chance_p([True, True], [-0.3, 0.5]) == 0.0
+    # no hits: p is 1 exactly, though the tail sums to 1 + 2e-16 in floating point for these rates
+    assert hits_above_chance_p([False, False], [0.1, 0.6]) == 1.0
 
 
 def test_frechet_distance_known_gaussians():

@@ -44,6 +44,7 @@ def test_quoted_paths_in_a_detail_are_pseudonymised_or_hidden():
 def test_language_tag_by_script():
     assert guess_lang("肺部清晰") == "zh" and guess_lang("Легкие чистые") == "ru" and guess_lang("Lungs clear") == "en"
     assert guess_lang("\u04ff") == "ru" and guess_lang("\u9fff") == "zh"  # the ranges' last characters
+    assert guess_lang("\u4e00") == "zh" and guess_lang("\u0400") == "ru"  # and first ones ("one" is U+4E00)
 
 
 def test_rejected_carries_reason_and_detail():
