@@ -79,6 +79,7 @@ def test_alignment_cut_keeps_the_top_fraction_and_unjudged_records():
     drop, cut = below_cut([0.9, 0.1, math.nan, 0.5, 0.5, 0.3], 0.5)
     assert cut == 0.5 and drop == [False, True, False, False, False, True]  # 3 of 5 judged kept
     assert below_cut([0.5, 0.5, 0.5, 0.5], 0.5)[0] == [False, False, True, True]  # ties: exact fraction
+    assert below_cut([0.9, 0.5, 0.1], 0.1) == ([False, True, True], 0.9)  # a small fraction keeps one, not two
     assert below_cut([math.nan, math.nan], 0.5) == ([False, False], None) and below_cut([], 0.5) == ([], None)  # none judged
     # Distinct scores: the top 2 of 5 stay, whatever their input order; ties at the cut fill the quota only.
     assert below_cut([0.9, 0.1, 0.7, 0.3, 0.5], 0.4) == ([False, True, False, True, True], 0.7)

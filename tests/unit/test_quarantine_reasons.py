@@ -39,6 +39,21 @@ def test_quoted_paths_in_a_detail_are_pseudonymised_or_hidden():
     assert "Smith" not in q.detail and "'p-" in q.detail, q.detail
     q = ctx.reject("item", "missing_file", "image file 'plain' does not exist")
     assert q.detail == "image file 'plain' does not exist"
+    # a bare name (no separator, no dot) and a bare ID are pseudonymised too; one character and a drive
+    # letter alone are read safely
+    for bare in ("Smith_John", "12345678"):
+        q = ctx.reject("item", "missing_file", f"image file '{bare}' does not exist")
+        assert bare not in q.detail and q.detail.startswith("image file 'p-"), q.detail
+    assert ctx.reject("item", "bad", "value 'x' is bad").detail == "value 'x' is bad"
+    assert ctx.reject("item", "bad", "drive 'C:' is gone").detail == "drive '<an absolute path>' is gone"
+
+
+def test_a_failure_detail_is_one_line_of_at_most_160_characters():
+    from unimedvl.data.sources.base import _first_line
+
+    assert _first_line(ValueError("x" * 160)) == "x" * 160
+    assert _first_line(ValueError("x" * 161)) == "x" * 157 + "..."
+    assert _first_line(ValueError("a\n  b\tc")) == "a b c"
 
 
 def test_language_tag_by_script():

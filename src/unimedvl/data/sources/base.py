@@ -75,8 +75,8 @@ class Context:
                           detail=safe_detail, id=rid)
 
     def _safe_path(self, path: str) -> str:
-        if "/" not in path and "\\" not in path and "." not in path:
-            return path
+        # Every quoted string goes through scrub_path, a bare word too: a file named 'Smith_John' has no
+        # separator or dot, and scrub_text alone does not see the name in it. Plain words come back as they are.
         if path.startswith(("/", "\\", "~")) or (len(path) > 1 and path[1] == ":"):
             return "<an absolute path>"
         return scrub_path(path, keyed=self.keyed)[0]
