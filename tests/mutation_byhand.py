@@ -35,6 +35,10 @@ def mutant_change(name: str, env: dict[str, str]) -> tuple[str, str, str]:
     return path, old, new
 
 
+def indent(block: str, prefix: str) -> str:
+    return "\n".join(prefix + line if line else line for line in block.split("\n"))
+
+
 def run(tests: list[str], names: list[str]) -> int:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     survived = 0
@@ -46,10 +50,13 @@ def run(tests: list[str], names: list[str]) -> int:
             shutil.copytree(ROOT / "src", scratch)
             target = scratch.parent / path
             text = target.read_text()
-            if text.count(old) != 1:
+            # mutmut shows a method dedented, as a function: find it at its class's indentation
+            found = [(o, n) for o, n in ((indent(old, d), indent(new, d)) for d in ("", "    ", "        "))
+                     if text.count(o) == 1]
+            if not found:
                 print(f"{name}: not applied (its function changed since mutmut generated it)", flush=True)
                 continue
-            target.write_text(text.replace(old, new))
+            target.write_text(text.replace(*found[0]))
             check = subprocess.run([sys.executable, "-c", "import unimedvl; print(unimedvl.__file__)"], env={
                 **env, "PYTHONPATH": str(scratch)}, capture_output=True, text=True).stdout.strip()
             if not check.startswith(str(scratch)):  # an installed copy would shadow the scratch one

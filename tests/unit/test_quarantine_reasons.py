@@ -98,3 +98,13 @@ def test_record_pseudonymises_image_paths_and_names_label_categories():
         _build(Context("src", k, IngestConfig()), sub_task="nope")
     with pytest.raises(Rejected, match=r"^missing_field: the answer text is empty$"):
         _build(Context("src", k, IngestConfig()), message=[("human", "<image>\nDescribe."), ("gpt", " ")])
+
+
+def test_a_failed_item_keeps_its_keyed_record_id():
+    """The quarantine line of an item that raised names the record it would have been (keyed), so a
+    re-export can be matched to it; an item without a source id has none."""
+    ctx = Context("src", Keyed(b"k"), IngestConfig())
+    q = ctx.failed("rows.jsonl:7", ValueError("bad"), "row-7")
+    assert q.id == Keyed(b"k").record_id("src", "row-7") and q.id is not None
+    assert ctx.failed("rows.jsonl:8", ValueError("bad")).id is None
+    assert q.reason == "decode_error" and q.item == "rows.jsonl:7"
