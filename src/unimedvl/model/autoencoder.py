@@ -7,7 +7,10 @@ decoder.up.{i}, ...) so a real FLUX autoencoder loads into the `paper` preset un
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -173,6 +176,50 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+class PosteriorCache:
+    """The frozen encoder's output (posterior moments) per image, found by pixel content.
+
+    For training that draws the same few images again and again over a frozen autoencoder: the
+    generation warm-up draws its 23 phantom records about 4,900 times in 300 steps, and encoding them
+    was 38% of its step on 2 CPU cores. A miss is encoded alone, so an image's moments never depend on
+    which images it was first batched with (a resumed run gets the same numbers as an uninterrupted
+    one); the posterior draw itself is unchanged. Any change to the encoder's weights (an optimizer
+    step, a load) empties the cache. Entries stop being added past `max_bytes`."""
+
+    def __init__(self, max_bytes: int = 256 << 20):
+        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self.entries: dict[bytes, torch.Tensor] = {}
+        self.weights: tuple | None = None
+
+    @staticmethod
+    def _key(image: torch.Tensor) -> bytes:
+        head = f"{tuple(image.shape)}{image.dtype}".encode()
+        return hashlib.blake2b(head + image.contiguous().numpy().tobytes(), digest_size=16).digest()
+
+    def moments(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        weights = tuple((p.data_ptr(), p._version) for p in encoder.parameters())
+        if weights != self.weights:
+            self.entries.clear()
+            self.bytes, self.weights = 0, weights
+        out = []
+        for image in x:
+            key = self._key(image)
+            m = self.entries.get(key)
+            if m is None:
+                self.misses += 1
+                m = encoder(image[None])[0]
+                if self.bytes + m.nbytes <= self.max_bytes:
+                    self.entries[key] = m
+                    self.bytes += m.nbytes
+            else:
+                self.hits += 1
+            out.append(m)
+        return torch.stack(out)
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "images": len(self.entries)}
+
+
 class AutoEncoder(nn.Module):
     """The frozen generation autoencoder: pixels <-> scaled, shifted latents (no quant convs)."""
 
@@ -181,11 +228,15 @@ class AutoEncoder(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        self.posterior_cache: PosteriorCache | None = None  # see `posterior_cache` below
 
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled latents: the posterior mean, or (`sample`, as FLUX's encoder does in BAGEL's training)
-        a draw from the posterior, from `generator`."""
-        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        a draw from the posterior, from `generator`. Inside `posterior_cache(self)` (no gradients, on
+        CPU) the encoder's output comes from the cache."""
+        cache = self.posterior_cache
+        use_cache = cache is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
+        mean, logvar = (cache.moments(self.encoder, x) if use_cache else self.encoder(x)).chunk(2, dim=1)
         z = mean
         if sample:
             eps = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
@@ -197,6 +248,16 @@ class AutoEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+
+@contextmanager
+def posterior_cache(autoencoder: AutoEncoder, max_bytes: int = 256 << 20) -> Iterator[PosteriorCache]:
+    """Encode through a `PosteriorCache` while inside (training over a frozen autoencoder)."""
+    autoencoder.posterior_cache = cache = PosteriorCache(max_bytes)
+    try:
+        yield cache
+    finally:
+        autoencoder.posterior_cache = None
 
 
 def patchify_latent(z: torch.Tensor, p: int) -> torch.Tensor:

@@ -266,6 +266,7 @@ def _train_backbone(model, tokenizer, store, spec, category: str, loss: str, see
     """`spec.steps` curriculum steps on `store`'s `category` only, with `spec`'s freezing and, given
     `trainable(name)`, only those parameters (the caller's freezing is restored afterwards); the mean
     `loss` ("ce" or "mse") of the first and last 20 steps."""
+    from ..model.autoencoder import posterior_cache
     from .curriculum import apply_freezing
     from .data import MixtureLoader, prefetch_depth
     from .loop import TrainModule, make_optimizer, make_scheduler, train_step
@@ -282,15 +283,18 @@ def _train_backbone(model, tokenizer, store, spec, category: str, loss: str, see
     module = TrainModule(model, touch=False)
     gen = torch.Generator().manual_seed(seed)
     losses, samples, t0 = [], 0, time.perf_counter()
-    for batch in loader.stream(0, spec.steps, prefetch=prefetch_depth(torch.device("cpu"), 1)):
-        res = train_step(module, batch.packed, optimizer, scheduler, generator=gen, grad_clip=spec.grad_clip,
-                         precision=precision)
-        losses.append(getattr(res, loss))
-        samples += batch.samples
-        if progress is not None:
-            progress(len(losses), losses[-1])
+    # the autoencoder is frozen here and the warm-ups redraw a few hundred images: each is encoded once
+    with posterior_cache(model.autoencoder) as cache:
+        for batch in loader.stream(0, spec.steps, prefetch=prefetch_depth(torch.device("cpu"), 1)):
+            res = train_step(module, batch.packed, optimizer, scheduler, generator=gen, grad_clip=spec.grad_clip,
+                             precision=precision)
+            losses.append(getattr(res, loss))
+            samples += batch.samples
+            if progress is not None:
+                progress(len(losses), losses[-1])
     model.eval()
     for name, p in model.named_parameters():
         p.requires_grad_(was[name])
     return {"steps": spec.steps, "samples": samples, f"{loss}_start": float(np.mean(losses[:20])),
-            f"{loss}_end": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - t0, 1)}
+            f"{loss}_end": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - t0, 1),
+            "encoder_cache": cache.stats()}
