@@ -61,3 +61,11 @@ def test_gradients_and_a_full_cache_bypass_it_and_give_the_same_numbers():
     with torch.no_grad(), posterior_cache(ae, max_bytes=0) as cache:
         assert torch.equal(ae.encode(x), _alone(ae, x)) and torch.equal(ae.encode(x), _alone(ae, x))
         assert cache.stats() == {"hits": 0, "misses": 6, "images": 0}
+
+
+@torch.no_grad()
+def test_a_bf16_autoencoder_is_cached_too():
+    ae, x = _ae().to(torch.bfloat16), _images(2, 4).to(torch.bfloat16)
+    with posterior_cache(ae) as cache:
+        first, again = ae.encode(x), ae.encode(x)
+        assert cache.stats() == {"hits": 2, "misses": 2, "images": 2} and torch.equal(first, again)

@@ -194,7 +194,8 @@ class PosteriorCache:
     @staticmethod
     def _key(image: torch.Tensor) -> bytes:
         head = f"{tuple(image.shape)}{image.dtype}".encode()
-        return hashlib.blake2b(head + image.contiguous().numpy().tobytes(), digest_size=16).digest()
+        # the raw bytes, so a bf16 image (which numpy cannot hold) has a key too
+        return hashlib.blake2b(head + image.contiguous().view(torch.uint8).numpy().tobytes(), digest_size=16).digest()
 
     def moments(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
         weights = tuple((p.data_ptr(), p._version) for p in encoder.parameters())
