@@ -28,3 +28,18 @@ def test_a_short_surname_after_a_title_is_removed(text):
     out, touched = scrub_text(text)
     assert "Ng" not in out and "Wu" not in out and "text:name" in touched, out
     assert out.split()[0] in text  # the words around it survive
+
+
+@pytest.mark.parametrize(("value", "phone"), [
+    ("555-0199", True), ("55-0199", False),  # 7 digits at least
+    ("+49 123 4567 8901 234", True), ("+49 1234 5678 9012 345", False),  # 16 at most
+    ("555-0199x907", True), ("555-0199 ext. 12", True),
+    # an extension does not count towards the 7: six digits and an extension are no phone number
+    ("12-3456x789", False), ("12-3456 ext 789", False), ("12-3456 EXT. 789", False), ("123-45-6 ext 7", False),
+    # a list of decimals is not one, in parentheses too
+    ("0.5 1.2 3.4 5.6", False), ("(0.5) (1.2) (3.4) (5.6)", False), ("555.0199.123", True),
+])
+def test_what_counts_as_a_phone_number(value, phone):
+    from unimedvl.data.deid import _plausible_phone
+
+    assert _plausible_phone(value) is phone
