@@ -43,3 +43,40 @@ def test_what_counts_as_a_phone_number(value, phone):
     from unimedvl.data.deid import _plausible_phone
 
     assert _plausible_phone(value) is phone
+
+
+@pytest.mark.parametrize(("text", "eponym"), [
+    ("Parkinson's disease", True), ("Parkinson’s disease", True), ("Graves' disease", True), ("Graves’ disease", True),
+    ("Parkinson disease.", True), ("Parkinson disease\nwas noted", True), ("Parkinson\ndisease", True),
+    ("Parkinson Chiari", True),  # another eponym follows
+    ("Parkinson the disease", False), ("Parkinson", False), ("Parkinson said", False),
+])
+def test_when_a_surname_is_used_as_an_eponym(text, eponym):
+    from unimedvl.data.deid import _eponym_use
+
+    assert _eponym_use(text, len("Parkinson") if text.startswith("Parkinson") else len("Graves")) is eponym
+
+
+def test_an_eponym_before_a_line_break_is_kept_and_a_name_is_not():
+    """Reports wrap lines anywhere: "Parkinson" then a newline then "disease" is still the disease."""
+    assert scrub_text("History of Parkinson disease\nwas noted.")[0] == "History of Parkinson disease\nwas noted."
+    assert scrub_text("History of Parkinson\ndisease.")[0] == "History of Parkinson\ndisease."
+    assert "Parkinson" not in scrub_text("Seen by Dr. Parkinson today.")[0]
+
+
+@pytest.mark.parametrize(("text", "start", "stop"), [
+    ("patient John Smith", 0, 8), ("pt John", 0, 3),  # a lower-case cue ends at the first capital
+    ("Patient John", 0, 7), ("Pat John", 0, 3),  # a capitalised one at its space
+    ("patient", 0, 7), ("Patient", 0, 7),  # the match's end bounds both
+    ("so patient John", 3, 11),
+])
+def test_where_a_name_cue_stops(text, start, stop):
+    from unimedvl.data.deid import _cue_end
+
+    assert _cue_end(text, start, len(text)) == stop
+
+
+def test_a_sentence_ends_at_the_text_end_or_white_space():
+    from unimedvl.data.deid import _sentence_end
+
+    assert _sentence_end("Smith.", 6) and _sentence_end("Smith. Next", 6) and not _sentence_end("Smith.jr", 6)

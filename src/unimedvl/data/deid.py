@@ -254,10 +254,10 @@ def _sentence_end(text: str, pos: int) -> bool:
 def _eponym_use(text: str, end: int) -> bool:
     """Whether the word ending at `end` is used as an eponym (followed by "'s", a head noun...)."""
     rest = text[end:end + 40]
-    if rest.startswith(("'s", "’s", "'", "’")):
+    if rest.startswith(("'", "’")):  # "Parkinson's", "Graves' disease"
         return True
-    nxt = rest.strip().split(" ", 1)[0].strip(".,;:").lower() if rest.strip() else ""
-    return nxt in EPONYM_HEADS or nxt in EPONYMS
+    # the next word, after any white space: a line break between "Parkinson" and "disease" is common in reports
+    return any(w.strip(".,;:").lower() in EPONYM_HEADS or w.strip(".,;:").lower() in EPONYMS for w in rest.split()[:1])
 
 
 def _bare_names(text: str, found: list[Span], first, last, vocab) -> list[Span]:
