@@ -123,3 +123,25 @@ def test_gate_results_serialise_with_their_checks():
     assert "licences (CC-BY-NC-ND-4.0, LicenseRef-unknown)" in r.reason
     absent = check_gate(GATE, metrics(vqa__finding__blind__accuracy=0.5))
     assert absent.passed is False and absent.to_dict()["reason"] == "vqa.finding.accuracy is not in eval/metrics.json"
+
+
+def test_every_check_record_has_its_rule_threshold_and_numbers():
+    """The check records the promotion decision stores, exactly, for each way a rule can go; two failures
+    are joined into one reason."""
+    both_bad = check_gate(GATE, metrics(vqa__finding__accuracy=0.3, vqa__finding__blind__accuracy=None), None,
+                          "incumbent version 3 was evaluated on other inputs")
+    assert both_bad.checks == [
+        {"rule": "min", "threshold": 0.4, "passed": False},
+        {"rule": "baseline vqa.finding.blind.accuracy", "threshold": None, "passed": False,
+         "reason": "vqa.finding.blind.accuracy has status insufficient_samples (3 < min_n)"},
+        {"rule": "max_regression", "threshold": None, "passed": False, "reason": "incumbent version 3 was evaluated on other inputs"},
+    ]
+    assert both_bad.reason == ("vqa.finding.accuracy = 0.3 < 0.4 (min); vqa.finding.blind.accuracy has status "
+                               "insufficient_samples (3 < min_n); incumbent version 3 was evaluated on other inputs")
+    good = check_gate(GATE, metrics(vqa__finding__accuracy=0.7, vqa__finding__blind__accuracy=0.5),
+                      metrics(vqa__finding__accuracy=None))
+    assert good.checks[1] == {"rule": "baseline vqa.finding.blind.accuracy + margin 0.05", "threshold": 0.55,
+                              "baseline": 0.5, "passed": True}
+    assert good.checks[2] == {"rule": "max_regression", "threshold": None, "passed": True, "reason":
+                              "incumbent: vqa.finding.accuracy has status insufficient_samples (3 < min_n); nothing to regress from"}
+    assert good.to_dict()["checks"] == good.checks and good.to_dict()["passed"] is True
