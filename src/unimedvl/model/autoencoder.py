@@ -180,7 +180,7 @@ class PosteriorCache:
     """The frozen encoder's output (posterior moments) per image, found by pixel content.
 
     For training that draws the same few images again and again over a frozen autoencoder: the
-    generation warm-up draws its 23 phantom records about 4,900 times in 300 steps, and encoding them
+    generation warm-up draws the demo's 349 phantom images 5,322 times in 300 steps, and encoding them
     was 38% of its step on 2 CPU cores. A miss is encoded alone, so an image's moments never depend on
     which images it was first batched with (a resumed run gets the same numbers as an uninterrupted
     one); the posterior draw itself is unchanged. Any change to the encoder's weights (an optimizer
