@@ -257,7 +257,8 @@ def _eponym_use(text: str, end: int) -> bool:
     if rest.startswith(("'", "’")):  # "Parkinson's", "Graves' disease"
         return True
     # the next word, after any white space: a line break between "Parkinson" and "disease" is common in reports
-    return any(w.strip(".,;:").lower() in EPONYM_HEADS or w.strip(".,;:").lower() in EPONYMS for w in rest.split()[:1])
+    nxt = next(iter(rest.split()), "").strip(".,;:").lower()
+    return nxt in EPONYM_HEADS or nxt in EPONYMS
 
 
 def _bare_names(text: str, found: list[Span], first, last, vocab) -> list[Span]:

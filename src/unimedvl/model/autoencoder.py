@@ -186,7 +186,9 @@ class PosteriorCache:
     one); the posterior draw itself is unchanged. Any change to the encoder's weights (an optimizer
     step, a load) empties the cache. Entries stop being added past `max_bytes`."""
 
-    def __init__(self, max_bytes: int = 256 << 20):
+    MAX_BYTES = 256 << 20
+
+    def __init__(self, max_bytes: int = MAX_BYTES):
         self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
         self.entries: dict[bytes, torch.Tensor] = {}
         self.weights: tuple | None = None
@@ -252,7 +254,7 @@ class AutoEncoder(nn.Module):
 
 
 @contextmanager
-def posterior_cache(autoencoder: AutoEncoder, max_bytes: int = 256 << 20) -> Iterator[PosteriorCache]:
+def posterior_cache(autoencoder: AutoEncoder, max_bytes: int = PosteriorCache.MAX_BYTES) -> Iterator[PosteriorCache]:
     """Encode through a `PosteriorCache` while inside (training over a frozen autoencoder)."""
     autoencoder.posterior_cache = cache = PosteriorCache(max_bytes)
     try:
